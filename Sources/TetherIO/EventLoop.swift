@@ -1,0 +1,559 @@
+#if os(Linux)
+import Glibc
+internal import CURing
+import Synchronization
+import TetherTLS
+
+/// What a completion belongs to, packed into the SQE's user_data: 8 bits of operation,
+/// 32 bits of slot, 24 bits of slot generation (so a late completion never reaches a reused slot).
+enum Op: UInt8 {
+    case accept = 1, recv, send, connect, cancel, wake
+}
+
+@inline(__always)
+func packUserData(_ op: Op, slot: Int32, generation: UInt32) -> UInt64 {
+    UInt64(op.rawValue) | (UInt64(UInt32(bitPattern: slot)) << 8) | (UInt64(generation & 0xFF_FFFF) << 40)
+}
+
+/// One io_uring event loop, owned by one thread (SINGLE_ISSUER|DEFER_TASKRUN). Everything on it
+/// (connections, listeners, timers) is touched only from that thread.
+public final class EventLoop {
+    public let index: Int
+    public let configuration: IOConfiguration
+    public let stats: IOStats
+    let mailbox: Mailbox
+    let uring: UnsafeMutablePointer<io_uring>
+    let buffers: BufferRing
+    var wheel: TimerWheel
+    public private(set) var nowMilliseconds: UInt64
+
+    private var connections: [Connection?] = []
+    private var generations: [UInt32] = []
+    private var freeSlots: [Int32] = []
+    private var listeners: [Listener] = []
+    private var flushQueue: [Connection] = []
+    private var starved: [Connection] = []
+    private var stopping = false
+    private let wakeBuffer: UnsafeMutablePointer<UInt64>
+    private var cqeBatch: [(userData: UInt64, res: Int32, flags: UInt32)] = []
+    private var dueTargets: [TimerTarget] = []
+    private var dueClosures: [() -> Void] = []
+
+    // Counters published to `stats` once per iteration.
+    private var submissions: UInt64 = 0
+    private var completions: UInt64 = 0
+    private var exhaustions: UInt64 = 0
+    private var iterations: UInt64 = 0
+    private var acceptedCount: UInt64 = 0
+    public private(set) var connectionCount = 0
+
+    /// Scratch space shared by all connections of this loop (one thread, so no contention).
+    var plaintextScratch = [UInt8](repeating: 0, count: 64 * 1024)
+    var tlsScratch: [UInt8] = []
+
+    init(index: Int, configuration: IOConfiguration, mailbox: Mailbox, stats: IOStats) throws(IOError) {
+        self.index = index
+        self.configuration = configuration
+        self.mailbox = mailbox
+        self.stats = stats
+        self.uring = UnsafeMutablePointer<io_uring>.allocate(capacity: 1)
+        self.uring.initialize(to: io_uring())
+        var params = io_uring_params()
+        params.flags = TETHER_SETUP_SINGLE_ISSUER | TETHER_SETUP_DEFER_TASKRUN | TETHER_SETUP_SUBMIT_ALL | TETHER_SETUP_CQSIZE
+        params.cq_entries = configuration.ringEntries * 8
+        let rc = io_uring_queue_init_params(configuration.ringEntries, uring, &params)
+        guard rc == 0 else {
+            uring.deallocate()
+            throw IOError(errno: -rc, operation: "io_uring_queue_init_params")
+        }
+        do {
+            self.buffers = try BufferRing(uring: uring, count: configuration.receiveBufferCount,
+                                          bufferSize: configuration.receiveBufferSize, group: 0)
+        } catch {
+            io_uring_queue_exit(uring)
+            uring.deallocate()
+            throw error
+        }
+        self.nowMilliseconds = EventLoop.monotonicMilliseconds()
+        self.wheel = TimerWheel(nowMilliseconds: nowMilliseconds)
+        self.wakeBuffer = .allocate(capacity: 1)
+        self.wakeBuffer.initialize(to: 0)
+        armWake()
+    }
+
+    private var ringClosed = false
+
+    deinit {
+        if !ringClosed { io_uring_queue_exit(uring) }
+        uring.deallocate()
+        wakeBuffer.deallocate()
+    }
+
+    public static func monotonicMilliseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    // MARK: SQEs
+
+    @inline(__always)
+    private func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
+        if let s = io_uring_get_sqe(uring) { return s }
+        // Submission queue full: hand what we have to the kernel and try again.
+        let n = io_uring_submit(uring)
+        if n > 0 { submissions &+= UInt64(n) }
+        if let s = io_uring_get_sqe(uring) { return s }
+        fatalError("io_uring submission queue still full after submit")
+    }
+
+    private func armWake() {
+        let s = sqe()
+        io_uring_prep_read(s, mailbox.eventFD, wakeBuffer, 8, 0)
+        io_uring_sqe_set_data64(s, packUserData(.wake, slot: 0, generation: 0))
+    }
+
+    func armRecv(_ c: Connection) {
+        guard !c.recvArmed else { return }
+        let s = sqe()
+        tether_prep_recv_multishot(s, c.fd, buffers.group)
+        io_uring_sqe_set_data64(s, packUserData(.recv, slot: c.slot, generation: c.generation))
+        c.recvArmed = true
+    }
+
+    func cancelRecv(_ c: Connection) {
+        let s = sqe()
+        io_uring_prep_cancel64(s, packUserData(.recv, slot: c.slot, generation: c.generation), 0)
+        io_uring_sqe_set_data64(s, packUserData(.cancel, slot: c.slot, generation: c.generation))
+        c.cancelsInFlight &+= 1
+    }
+
+    func cancelAll(_ c: Connection) {
+        let s = sqe()
+        io_uring_prep_cancel_fd(s, c.fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+        io_uring_sqe_set_data64(s, packUserData(.cancel, slot: c.slot, generation: c.generation))
+        c.cancelsInFlight &+= 1
+    }
+
+    private func submitSend(_ c: Connection) {
+        let bytes = c.sending.readableBytes
+        let s = sqe()
+        tether_prep_send(s, c.fd, bytes.baseAddress, bytes.count)
+        io_uring_sqe_set_data64(s, packUserData(.send, slot: c.slot, generation: c.generation))
+        c.sendInFlight = true
+    }
+
+    func queueFlush(_ c: Connection) {
+        guard !c.flushQueued else { return }
+        c.flushQueued = true
+        flushQueue.append(c)
+    }
+
+    private func flushQueued() {
+        var i = 0
+        while i < flushQueue.count {
+            let c = flushQueue[i]
+            c.flushQueued = false
+            startSendIfIdle(c)
+            i += 1
+        }
+        flushQueue.removeAll(keepingCapacity: true)
+    }
+
+    private func startSendIfIdle(_ c: Connection) {
+        guard !c.sendInFlight, c.state != .aborting, c.state != .closed else { return }
+        if c.sending.isEmpty { c.sending.exchange(with: &c.pending) }
+        if !c.sending.isEmpty {
+            submitSend(c)
+        } else if c.state == .closing {
+            c.startLinger()
+        }
+    }
+
+    // MARK: connections
+
+    private func allocateSlot() -> (Int32, UInt32) {
+        if let slot = freeSlots.popLast() { return (slot, generations[Int(slot)]) }
+        let slot = Int32(connections.count)
+        connections.append(nil)
+        generations.append(0)
+        return (slot, 0)
+    }
+
+    private func register(fd: Int32, state: Connection.State) -> Connection {
+        let (slot, generation) = allocateSlot()
+        let c = Connection(loop: self, fd: fd, slot: slot, generation: generation, state: state)
+        connections[Int(slot)] = c
+        connectionCount += 1
+        return c
+    }
+
+    func finishIfQuiescent(_ c: Connection) {
+        guard c.state == .aborting, c.isQuiescent else { return }
+        c.state = .closed
+        Glibc.close(c.fd)
+        connections[Int(c.slot)] = nil
+        generations[Int(c.slot)] = (generations[Int(c.slot)] &+ 1) & 0xFF_FFFF
+        freeSlots.append(c.slot)
+        connectionCount -= 1
+        c.deadlineAt = 0
+        c.tls = nil
+        let handler = c.handler
+        c.handler = nil
+        handler?.connectionDidClose(c, error: c.closeError)
+    }
+
+    @inline(__always)
+    private func connection(slot: Int32, generation: UInt32) -> Connection? {
+        let i = Int(slot)
+        guard i >= 0, i < connections.count, generations[i] == generation & 0xFF_FFFF else { return nil }
+        return connections[i]
+    }
+
+    /// Adopts an already-connected socket (e.g. handed over from another worker).
+    public func adopt(fd: Int32, tls: TLSContext? = nil, handler: any ConnectionHandler) {
+        let c = register(fd: fd, state: .open)
+        c.handler = handler
+        if let tls {
+            do { c.tls = try TLSConnection(context: tls) } catch {
+                c.abort(IOError(errno: EPROTO, operation: "tls: \(error)"))
+                return
+            }
+        }
+        armRecv(c)
+        handler.connectionDidOpen(c)
+    }
+
+    /// Opens an outbound connection (client mode). The handler hears `connectionDidOpen` or,
+    /// on failure, `connectionDidClose` with the error.
+    @discardableResult
+    public func connect(to remote: SocketAddress, from source: SocketAddress? = nil,
+                        tls: TLSContext? = nil, serverName: String? = nil,
+                        handler: any ConnectionHandler) -> Connection? {
+        let fd: Int32
+        do { fd = try Socket.makeClient(for: remote, source: source) } catch {
+            handler.connectionDidClose(Connection.failed(loop: self), error: error)
+            return nil
+        }
+        Socket.setNoDelay(fd)
+        let c = register(fd: fd, state: .connecting)
+        c.handler = handler
+        if let tls {
+            do { c.tls = try TLSConnection(context: tls, serverName: serverName) } catch {
+                c.abort(IOError(errno: EPROTO, operation: "tls: \(error)"))
+                return nil
+            }
+        }
+        let storage = malloc(MemoryLayout<sockaddr_storage>.size)!
+        c.connectAddress = storage
+        let len = remote.withSockAddr { addr, len in
+            storage.copyMemory(from: addr, byteCount: Int(len))
+            return len
+        }
+        let s = sqe()
+        io_uring_prep_connect(s, fd, storage.assumingMemoryBound(to: sockaddr.self), len)
+        io_uring_sqe_set_data64(s, packUserData(.connect, slot: c.slot, generation: c.generation))
+        c.connectInFlight = true
+        return c
+    }
+
+    // MARK: listeners
+
+    /// Accepts connections on a listening socket with multishot accept. `makeHandler` is called
+    /// on this loop for each new connection.
+    public func startAccepting(listenFD: Int32, tls: TLSContextBox? = nil,
+                               makeHandler: @escaping (Connection) -> any ConnectionHandler) {
+        let listener = Listener(fd: listenFD, index: Int32(listeners.count), tls: tls, makeHandler: makeHandler)
+        listeners.append(listener)
+        armAccept(listener)
+    }
+
+    /// Stops accepting on every listener of this loop (drain) and closes the listening sockets.
+    public func stopAccepting() {
+        for l in listeners where !l.closed {
+            l.closed = true
+            Glibc.shutdown(l.fd, Int32(SHUT_RDWR))
+            let s = sqe()
+            io_uring_prep_cancel_fd(s, l.fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+            io_uring_sqe_set_data64(s, packUserData(.cancel, slot: -1, generation: 0))
+        }
+    }
+
+    private func armAccept(_ l: Listener) {
+        guard !l.closed else { return }
+        let s = sqe()
+        io_uring_prep_multishot_accept(s, l.fd, nil, nil, tether_sock_cloexec())
+        io_uring_sqe_set_data64(s, packUserData(.accept, slot: l.index, generation: 0))
+        l.armed = true
+    }
+
+    private func handleAccept(_ l: Listener, res: Int32, flags: UInt32) {
+        if res >= 0 {
+            acceptedCount &+= 1
+            if l.closed {
+                Glibc.close(res)
+            } else {
+                let c = register(fd: res, state: .open)
+                if let box = l.tls {
+                    do { c.tls = try TLSConnection(context: box.current) } catch {
+                        c.abort(IOError(errno: EPROTO, operation: "tls: \(error)"))
+                    }
+                }
+                if c.state == .open {
+                    let handler = l.makeHandler(c)
+                    c.handler = handler
+                    armRecv(c)
+                    handler.connectionDidOpen(c)
+                }
+            }
+        }
+        if flags & TETHER_CQE_F_MORE == 0 {
+            l.armed = false
+            if l.closed {
+                if !l.fdClosed { l.fdClosed = true; Glibc.close(l.fd) }
+            } else if res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM {
+                // Out of descriptors: back off instead of spinning on a failing accept.
+                _ = wheel.schedule(atMilliseconds: nowMilliseconds + 100, target: .listenerRearm(l.index))
+            } else {
+                armAccept(l)
+            }
+        }
+    }
+
+    // MARK: timers
+
+    /// Runs `body` on this loop after `milliseconds`. Timers are cheap (hashed wheel, 10 ms ticks).
+    @discardableResult
+    public func schedule(afterMilliseconds milliseconds: UInt64, _ body: @escaping () -> Void) -> TimerID {
+        wheel.schedule(atMilliseconds: nowMilliseconds &+ milliseconds, body)
+    }
+
+    public func cancel(_ timer: TimerID) {
+        wheel.cancel(timer)
+    }
+
+    private func runTimers() {
+        wheel.expire(nowMilliseconds: nowMilliseconds, into: &dueTargets, closuresDue: &dueClosures)
+        guard !dueTargets.isEmpty || !dueClosures.isEmpty else { return }
+        for target in dueTargets {
+            switch target {
+            case .connection(let slot, let generation):
+                connection(slot: slot, generation: generation)?.deadlineTimerFired()
+            case .listenerRearm(let index):
+                if Int(index) < listeners.count, !listeners[Int(index)].armed { armAccept(listeners[Int(index)]) }
+            case .closure, .none:
+                break
+            }
+        }
+        dueTargets.removeAll(keepingCapacity: true)
+        for body in dueClosures { body() }
+        dueClosures.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: the loop
+
+    /// Runs until `stop()`; then closes every connection and listener of this loop.
+    public func run() {
+        while !stopping {
+            flushQueued()
+            rearmStarved()
+            waitAndProcess()
+            nowMilliseconds = EventLoop.monotonicMilliseconds()
+            runTimers()
+            iterations &+= 1
+            publishStats()
+        }
+        tearDown()
+    }
+
+    public func stop() { stopping = true }
+
+    private func waitAndProcess() {
+        var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+        let ready = io_uring_cq_ready(uring)
+        let wait: UInt32 = ready > 0 || !flushQueue.isEmpty ? 0 : 1
+        let rc: Int32
+        if wait == 1, let ms = wheel.millisecondsUntilNextTimer(nowMilliseconds: nowMilliseconds) {
+            var ts = __kernel_timespec(tv_sec: Int64(ms / 1000), tv_nsec: Int64(ms % 1000) * 1_000_000)
+            rc = io_uring_submit_and_wait_timeout(uring, &cqe, 1, &ts, nil)
+        } else {
+            rc = io_uring_submit_and_wait(uring, wait)
+        }
+        if rc > 0 { submissions &+= UInt64(rc) }
+        drainCompletions()
+    }
+
+    private func drainCompletions() {
+        while true {
+            var n: UInt32 = 0
+            cqeBatch.removeAll(keepingCapacity: true)
+            // Copy the batch out first: handlers may submit (and so enter the kernel) while we
+            // dispatch, and the ring's CQ slots must not be overwritten under us.
+            var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+            while io_uring_peek_cqe(uring, &cqe) == 0, let c = cqe {
+                cqeBatch.append((c.pointee.user_data, c.pointee.res, c.pointee.flags))
+                io_uring_cqe_seen(uring, c)
+                n += 1
+                if n >= 1024 { break }
+            }
+            if n == 0 { return }
+            completions &+= UInt64(n)
+            for entry in cqeBatch { dispatch(userData: entry.userData, res: entry.res, flags: entry.flags) }
+            flushQueued()
+            if n < 1024 { return }
+        }
+    }
+
+    private func dispatch(userData: UInt64, res: Int32, flags: UInt32) {
+        guard let op = Op(rawValue: UInt8(truncatingIfNeeded: userData)) else { return }
+        let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: userData >> 8))
+        let generation = UInt32(truncatingIfNeeded: userData >> 40)
+        switch op {
+        case .recv:
+            let c = connection(slot: slot, generation: generation)
+            if flags & TETHER_CQE_F_BUFFER != 0 {
+                let bid = UInt16(truncatingIfNeeded: flags >> TETHER_CQE_BUFFER_SHIFT)
+                if res > 0, let c { c.deliver(buffers.bytes(id: bid, length: Int(res))) }
+                buffers.recycle(id: bid)
+            }
+            guard let c else { return }
+            if flags & TETHER_CQE_F_MORE == 0 { c.recvArmed = false }
+            if res == 0 {
+                c.readEOF()
+            } else if res < 0 {
+                if res == -ENOBUFS {
+                    exhaustions &+= 1
+                    if c.state == .open || c.state == .lingering { starved.append(c) }
+                } else if res != -ECANCELED {
+                    c.abort(IOError(errno: -res, operation: "recv"))
+                }
+            } else if !c.recvArmed && !c.readPaused && (c.state == .open || c.state == .lingering) {
+                armRecv(c)
+            }
+            finishIfQuiescent(c)
+        case .send:
+            guard let c = connection(slot: slot, generation: generation) else { return }
+            c.sendInFlight = false
+            if res < 0 {
+                if c.state != .aborting { c.abort(IOError(errno: -res, operation: "send")) }
+                finishIfQuiescent(c)
+                return
+            }
+            if c.state == .aborting { finishIfQuiescent(c); return }
+            c.sending.consume(Int(res))
+            startSendIfIdle(c)
+            if c.reportedUnwritable && c.pendingWriteBytes <= configuration.writeLowWatermark && c.state == .open {
+                c.reportedUnwritable = false
+                c.handler?.connectionWritable(c)
+            }
+        case .connect:
+            guard let c = connection(slot: slot, generation: generation) else { return }
+            c.connectInFlight = false
+            free(c.connectAddress)
+            c.connectAddress = nil
+            if c.state == .aborting { finishIfQuiescent(c); return }
+            if res < 0 {
+                c.abort(IOError(errno: -res, operation: "connect"))
+                return
+            }
+            c.state = .open
+            if let tls = c.tls {
+                tls.startHandshake()
+                c.moveCiphertext()
+            }
+            armRecv(c)
+            c.handler?.connectionDidOpen(c)
+            queueFlush(c)
+        case .cancel:
+            guard slot >= 0, let c = connection(slot: slot, generation: generation) else { return }
+            c.cancelsInFlight &-= 1
+            finishIfQuiescent(c)
+        case .accept:
+            guard Int(slot) < listeners.count else { return }
+            handleAccept(listeners[Int(slot)], res: res, flags: flags)
+        case .wake:
+            for job in mailbox.drain() { job(self) }
+            if !stopping { armWake() }
+        }
+    }
+
+    /// Re-arms receivers that ran out of provided buffers, but only as many as buffers came
+    /// back: re-arming all of them at once just starves them again (livelock).
+    private func rearmStarved() {
+        guard !starved.isEmpty else {
+            buffers.recycledSinceCheck = 0
+            return
+        }
+        var budget = Swift.max(1, buffers.recycledSinceCheck)
+        buffers.recycledSinceCheck = 0
+        var kept: [Connection] = []
+        for c in starved {
+            if budget > 0 && (c.state == .open || c.state == .lingering) && !c.recvArmed {
+                if !c.readPaused { armRecv(c) }
+                budget -= 1
+            } else if c.state == .open || c.state == .lingering {
+                kept.append(c)
+            }
+        }
+        starved = kept
+    }
+
+    private func publishStats() {
+        stats.submissions.store(submissions, ordering: .relaxed)
+        stats.completions.store(completions, ordering: .relaxed)
+        stats.bufferExhaustions.store(exhaustions, ordering: .relaxed)
+        stats.loopIterations.store(iterations, ordering: .relaxed)
+        stats.accepted.store(acceptedCount, ordering: .relaxed)
+        stats.openConnections.store(connectionCount, ordering: .relaxed)
+    }
+
+    private func tearDown() {
+        for l in listeners where !l.fdClosed {
+            l.fdClosed = true
+            Glibc.close(l.fd)
+        }
+        // Wake every in-flight operation, then let the ring go before freeing the memory they use.
+        for case let c? in connections { Glibc.shutdown(c.fd, Int32(SHUT_RDWR)) }
+        io_uring_queue_exit(uring)
+        ringClosed = true
+        for case let c? in connections {
+            c.state = .closed
+            Glibc.close(c.fd)
+            let handler = c.handler
+            c.handler = nil
+            c.tls = nil
+            handler?.connectionDidClose(c, error: IOError(errno: ECANCELED, operation: "event loop shut down"))
+        }
+        connections.removeAll()
+        connectionCount = 0
+        flushQueue.removeAll()
+        starved.removeAll()
+        Glibc.close(mailbox.eventFD)
+        publishStats()
+    }
+}
+
+final class Listener {
+    let fd: Int32
+    let index: Int32
+    let tls: TLSContextBox?
+    let makeHandler: (Connection) -> any ConnectionHandler
+    var armed = false
+    var closed = false
+    var fdClosed = false
+
+    init(fd: Int32, index: Int32, tls: TLSContextBox?, makeHandler: @escaping (Connection) -> any ConnectionHandler) {
+        self.fd = fd
+        self.index = index
+        self.tls = tls
+        self.makeHandler = makeHandler
+    }
+}
+
+extension Connection {
+    /// A placeholder passed to a handler whose outbound connect failed before a socket existed.
+    static func failed(loop: EventLoop) -> Connection {
+        Connection(loop: loop, fd: -1, slot: -1, generation: 0, state: .closed)
+    }
+}
+#endif

@@ -1,0 +1,245 @@
+import Glibc
+import XCTest
+import TetherIO
+
+/// Client side of the 1,000-connection test: sends a payload in pieces, expects it back.
+final class PayloadClient: ConnectionHandler {
+    let payload: [UInt8]
+    let chunk: Int
+    var sent = 0
+    var received: [UInt8] = []
+    let results: Box<(ok: Int, bad: Int, closed: Int)>
+
+    init(payload: [UInt8], chunk: Int, results: Box<(ok: Int, bad: Int, closed: Int)>) {
+        self.payload = payload
+        self.chunk = chunk
+        self.results = results
+        received.reserveCapacity(payload.count)
+    }
+
+    func connectionDidOpen(_ connection: Connection) { pump(connection) }
+
+    private func pump(_ connection: Connection) {
+        while sent < payload.count && connection.isWritable {
+            let n = min(chunk, payload.count - sent)
+            payload.withUnsafeBytes { connection.write(UnsafeRawBufferPointer(rebasing: $0[sent..<sent + n])) }
+            sent += n
+        }
+    }
+
+    func connectionWritable(_ connection: Connection) { pump(connection) }
+
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+        received.append(contentsOf: bytes)
+        if received.count >= payload.count {
+            let good = received == payload
+            results.with { good ? ($0.ok += 1) : ($0.bad += 1) }
+            connection.close()
+        }
+    }
+
+    func connectionDidClose(_ connection: Connection, error: IOError?) {
+        results.with { $0.closed += 1 }
+    }
+}
+
+final class EventLoopTests: XCTestCase {
+    override func setUp() { raiseFileLimit() }
+
+    func testThousandConnectionsMoveDataBothWaysWithoutLossOrLeaks() throws {
+        let baselineFDs = openFileDescriptorCount()
+        let server = try TestServer.start(workers: 2) { EchoHandler() }
+        var clientConfig = IOConfiguration()
+        clientConfig.workers = 1
+        let clients = try EventLoopGroup(configuration: clientConfig)
+        try clients.start { _ in }
+        let results = Box((ok: 0, bad: 0, closed: 0))
+        let count = 1000
+        let address = server.address
+        clients.handles[0].execute { loop in
+            var rng = SplitMix64(state: 42)
+            for i in 0..<count {
+                let size = Int(rng.next() % 48_000) + (i % 7 == 0 ? 200_000 : 1)
+                let client = PayloadClient(payload: rng.bytes(size), chunk: Int(rng.next() % 9000) + 1, results: results)
+                loop.connect(to: address, handler: client)
+            }
+        }
+        XCTAssertTrue(waitUntil(timeout: 120) { results.get.closed == count }, "closed: \(results.get)")
+        XCTAssertEqual(results.get.ok, count)
+        XCTAssertEqual(results.get.bad, 0)
+        // The server side sees the clients' FIN and closes its ends too.
+        XCTAssertTrue(waitUntil(timeout: 30) { server.group.handles.allSatisfy { $0.stats.openConnections.load(ordering: .relaxed) == 0 } })
+        let accepted = server.group.handles.reduce(0) { $0 + $1.stats.accepted.load(ordering: .relaxed) }
+        XCTAssertEqual(accepted, UInt64(count))
+        clients.shutdown()
+        server.group.shutdown()
+        XCTAssertEqual(openFileDescriptorCount(), baselineFDs, "file descriptors leaked")
+    }
+
+    func testBufferExhaustionRecoversWithoutLoss() throws {
+        // 8 buffers of 1 KiB for 200 busy connections: the kernel runs out of buffers and the
+        // loop must re-arm starved receivers without losing or reordering bytes.
+        let server = try TestServer.start(workers: 1, configure: {
+            $0.receiveBufferCount = 8
+            $0.receiveBufferSize = 1024
+        }) { EchoHandler() }
+        var clientConfig = IOConfiguration()
+        clientConfig.workers = 1
+        let clients = try EventLoopGroup(configuration: clientConfig)
+        try clients.start { _ in }
+        let results = Box((ok: 0, bad: 0, closed: 0))
+        let address = server.address
+        clients.handles[0].execute { loop in
+            var rng = SplitMix64(state: 7)
+            for _ in 0..<200 {
+                loop.connect(to: address, handler: PayloadClient(payload: rng.bytes(100_000), chunk: 65536, results: results))
+            }
+        }
+        XCTAssertTrue(waitUntil(timeout: 120) { results.get.closed == 200 }, "\(results.get)")
+        XCTAssertEqual(results.get.ok, 200)
+        XCTAssertGreaterThan(server.group.handles[0].stats.bufferExhaustions.load(ordering: .relaxed), 0,
+                             "the test did not exhaust the buffer ring, so it proved nothing")
+        clients.shutdown()
+        server.group.shutdown()
+    }
+
+    func testConnectFailureIsReported() throws {
+        // Bind a port, then close it so nothing listens there.
+        let l = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0)!, reusePort: false)
+        close(l.fd)
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { _ in }
+        let outcome = Box<Int32?>(nil)
+        final class Probe: ConnectionHandler {
+            let outcome: Box<Int32?>
+            init(_ o: Box<Int32?>) { outcome = o }
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {}
+            func connectionDidOpen(_ connection: Connection) { outcome.with { $0 = 0 } }
+            func connectionDidClose(_ connection: Connection, error: IOError?) {
+                let code = error?.errno ?? -1
+                outcome.with { if $0 == nil { $0 = code } }
+            }
+        }
+        let address = l.address
+        group.handles[0].execute { loop in loop.connect(to: address, handler: Probe(outcome)) }
+        XCTAssertTrue(waitUntil { outcome.get != nil })
+        XCTAssertEqual(outcome.get, ECONNREFUSED)
+        group.shutdown()
+    }
+
+    func testDeadlineClosesSilentConnection() throws {
+        let server = try TestServer.start(workers: 1) { EchoHandler(deadline: 200) }
+        let fd = connectBlocking(to: server.address)
+        defer { close(fd) }
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        var buf = [UInt8](repeating: 0, count: 16)
+        // Blocks until the server gives up on us; a broken deadline would hang here, so bound it.
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let n = recv(fd, &buf, buf.count, 0)
+        XCTAssertLessThanOrEqual(n, 0, "server should have closed the idle connection")
+        XCTAssertNotEqual(errno, EAGAIN, "deadline never fired")
+        server.group.shutdown()
+    }
+
+    func testBackpressureStopsProducerUntilPeerReads() throws {
+        let total = 64 * 1024 * 1024
+        let observed = Box((unwritable: false, writableAgain: false, remaining: total))
+        final class Producer: ConnectionHandler {
+            let observed: Box<(unwritable: Bool, writableAgain: Bool, remaining: Int)>
+            var remaining = 64 * 1024 * 1024
+            init(_ o: Box<(unwritable: Bool, writableAgain: Bool, remaining: Int)>) { observed = o }
+            func connectionDidOpen(_ connection: Connection) { produce(connection) }
+            func produce(_ connection: Connection) {
+                let block = [UInt8](repeating: 0x5A, count: 64 * 1024)
+                while remaining > 0 {
+                    guard connection.isWritable else {
+                        let left = remaining
+                        observed.with { $0.unwritable = true; $0.remaining = left }
+                        // Unsent bytes stay bounded near the watermark, not the 32 MiB asked for.
+                        precondition(connection.pendingWriteBytes < 1024 * 1024)
+                        return
+                    }
+                    connection.write(block)
+                    remaining -= block.count
+                }
+                connection.close()
+            }
+            func connectionWritable(_ connection: Connection) {
+                observed.with { $0.writableAgain = true }
+                produce(connection)
+            }
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {}
+        }
+        let server = try TestServer.start(workers: 1) { Producer(observed) }
+        let fd = connectBlocking(to: server.address)
+        defer { close(fd) }
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        // Don't read: the kernel's socket buffers fill (a few MiB), then the producer must stall
+        // with most of its 64 MiB still unproduced rather than queue it on the heap.
+        XCTAssertTrue(waitUntil(timeout: 20) { observed.get.unwritable })
+        usleep(500_000)
+        let stalledAt = observed.get.remaining
+        usleep(300_000)
+        XCTAssertEqual(observed.get.remaining, stalledAt, "producer kept going without a reader")
+        XCTAssertGreaterThan(stalledAt, total / 2)
+        var received = 0
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            XCTAssertTrue(buf[0] == 0x5A && buf[n - 1] == 0x5A)
+            received += n
+        }
+        XCTAssertEqual(received, total)
+        XCTAssertTrue(observed.get.writableAgain)
+        server.group.shutdown()
+    }
+
+    func testJobsRunOnTheTargetWorkerAndTimersFire() throws {
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 2; return c }())
+        try group.start { _ in }
+        let seen = Box<[String]>([])
+        for handle in group.handles {
+            let expected = handle.index
+            handle.execute { loop in
+                seen.with { $0.append("job \(loop.index == expected)") }
+                let cancelled = loop.schedule(afterMilliseconds: 50) { seen.with { $0.append("cancelled timer fired") } }
+                loop.schedule(afterMilliseconds: 100) { seen.with { $0.append("timer \(loop.index)") } }
+                loop.cancel(cancelled)
+            }
+        }
+        XCTAssertTrue(waitUntil(timeout: 10) { seen.get.count >= 4 })
+        usleep(200_000)
+        XCTAssertEqual(seen.get.filter { $0 == "job true" }.count, 2)
+        XCTAssertEqual(Set(seen.get.filter { $0.hasPrefix("timer") }), ["timer 0", "timer 1"])
+        XCTAssertFalse(seen.get.contains("cancelled timer fired"))
+        group.shutdown()
+    }
+
+    func testTimerWheelOrdersManyDeadlines() {
+        var wheel = TimerWheel(nowMilliseconds: 1_000)
+        var ids: [TimerID] = []
+        for i in 0..<20_000 {
+            ids.append(wheel.schedule(atMilliseconds: 1_000 + UInt64(i % 5_000) * 13, target: .listenerRearm(Int32(i))))
+        }
+        for (i, id) in ids.enumerated() where i % 2 == 1 { XCTAssertTrue(wheel.cancel(id)) }
+        XCTAssertFalse(wheel.cancel(ids[1]), "double cancel must be a no-op")
+        var fired: [TimerTarget] = []
+        var closures: [() -> Void] = []
+        var now: UInt64 = 1_000
+        var lastSeen = -1
+        while wheel.count > 0 {
+            now += 10
+            wheel.expire(nowMilliseconds: now, into: &fired, closuresDue: &closures)
+            for case .listenerRearm(let i) in fired {
+                let due = 1_000 + UInt64(Int(i) % 5_000) * 13
+                XCTAssertLessThanOrEqual(due, now)
+                XCTAssertGreaterThan(due + 20, now, "fired late")
+                lastSeen = max(lastSeen, Int(i))
+            }
+            fired.removeAll()
+        }
+        XCTAssertEqual(lastSeen, 19_998)
+    }
+}
