@@ -249,8 +249,9 @@ public final class Connection {
             handler?.connection(self, didRead: bytes)
             return
         }
-        tls.feedCiphertext(bytes)
-        readTLS(tls)
+        // Zero-copy: OpenSSL decrypts straight out of the provided buffer; only an incomplete
+        // trailing record is copied when the closure returns.
+        tls.withCiphertext(bytes) { readTLS(tls) }
     }
 
     private func readTLS(_ tls: TLSConnection) {

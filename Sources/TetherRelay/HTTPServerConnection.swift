@@ -1,0 +1,234 @@
+#if os(Linux)
+import TetherHTTP
+import TetherIO
+import TetherWebSocket
+
+/// One client connection speaking HTTP/1.1: decodes requests with the sans-I/O decoder, routes
+/// them, and hands upgraded connections to a WebSocket handler. The loop only moves bytes.
+final class HTTPServerConnection: ConnectionHandler {
+    private enum Phase {
+        /// Waiting for (the rest of) a request head; the header deadline runs.
+        case awaitingHead
+        /// Streaming the current request's body to `route`.
+        case body(Route)
+        /// Errored or upgraded: input is no longer for us.
+        case done
+    }
+
+    enum Route {
+        /// Response already sent at head time; the body is read and dropped.
+        case discard(keepAlive: Bool)
+        /// POST /echo: the body streams straight back.
+        case echo(chunked: Bool, keepAlive: Bool)
+    }
+
+    private let context: RelayContext
+    private var decoder: HTTPRequestDecoder
+    private var phase = Phase.awaitingHead
+    private var scratch: [UInt8] = []
+
+    init(context: RelayContext) {
+        self.context = context
+        self.decoder = HTTPRequestDecoder(limits: context.configuration.httpLimits)
+    }
+
+    func connectionDidOpen(_ connection: Connection) {
+        connection.setDeadline(milliseconds: context.configuration.headerTimeoutMilliseconds)
+    }
+
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+        if case .done = phase { return }
+        if case .body = phase {
+            connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
+        }
+        decoder.feed(bytes)
+        process(connection)
+    }
+
+    func connectionWritable(_ connection: Connection) {
+        connection.resumeReading()
+        process(connection)
+    }
+
+    func connectionDidReadEOF(_ connection: Connection) {
+        if case .done = phase { connection.close(); return }
+        if let error = decoder.finish(), decoder.bufferedByteCount > 0 || isMidRequest {
+            fail(connection, error)
+            return
+        }
+        connection.close()
+    }
+
+    func connectionDeadlineExpired(_ connection: Connection) {
+        RelayStats.bump(context.stats.deadlineExpirations)
+        if case .awaitingHead = phase, decoder.bufferedByteCount > 0 {
+            respond(connection, status: 408, code: "REQUEST_TIMEOUT",
+                    message: "the request head did not arrive in time", keepAlive: false)
+        }
+        connection.close(.graceful)
+        phase = .done
+    }
+
+    private var isMidRequest: Bool {
+        if case .body = phase { return true }
+        return false
+    }
+
+    // MARK: request processing
+
+    private func process(_ connection: Connection) {
+        while connection.isOpen {
+            if case .done = phase { return }
+            // Backpressure: a client that does not read its responses stops our reading too.
+            if !connection.isWritable {
+                connection.pauseReading()
+                return
+            }
+            let event: HTTPRequestEvent?
+            do {
+                event = try decoder.next()
+            } catch {
+                fail(connection, error)
+                return
+            }
+            guard let event else { return }
+            switch event {
+            case .head(let head):
+                handleHead(head, connection)
+            case .body(let bytes):
+                guard case .body(let route) = phase else { continue }
+                if case .echo(let chunked, _) = route {
+                    if chunked {
+                        scratch.removeAll(keepingCapacity: true)
+                        bytes.withUnsafeBytes { HTTPChunkedEncoding.encodeChunk($0, into: &scratch) }
+                        connection.write(scratch)
+                    } else {
+                        connection.write(bytes)
+                    }
+                }
+            case .end:
+                guard case .body(let route) = phase else { continue }
+                let keepAlive: Bool
+                switch route {
+                case .discard(let k):
+                    keepAlive = k
+                case .echo(let chunked, let k):
+                    keepAlive = k
+                    if chunked {
+                        scratch.removeAll(keepingCapacity: true)
+                        HTTPChunkedEncoding.encodeLastChunk(into: &scratch)
+                        connection.write(scratch)
+                    }
+                }
+                scratch = []
+                if keepAlive {
+                    phase = .awaitingHead
+                    connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
+                } else {
+                    phase = .done
+                    connection.close(.graceful)
+                    return
+                }
+            }
+        }
+    }
+
+    private func handleHead(_ head: HTTPRequestHead, _ connection: Connection) {
+        RelayStats.bump(context.stats.requests)
+        connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
+        let keepAlive = head.isKeepAlive
+        switch (head.path, head.method) {
+        case ("/healthz", "GET"), ("/healthz", "HEAD"):
+            respondJSON(connection, status: 200, body: "{\"status\":\"ok\"}", keepAlive: keepAlive,
+                        headOnly: head.method == "HEAD")
+            phase = .body(.discard(keepAlive: keepAlive))
+        case ("/echo", "POST"), ("/echo", "PUT"):
+            if head.expectsContinue {
+                connection.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+            }
+            let contentLength = head.headers.first(name: "content-length").flatMap { Int($0) }
+            var headers: HTTPHeaders = [:]
+            headers.add(name: "Content-Type", value: "application/octet-stream")
+            headers.add(name: "Server", value: "tether")
+            if let contentLength {
+                headers.add(name: "Content-Length", value: String(contentLength))
+            } else {
+                headers.add(name: "Transfer-Encoding", value: "chunked")
+            }
+            if !keepAlive { headers.add(name: "Connection", value: "close") }
+            writeHead(HTTPResponseHead(status: 200, headers: headers), connection)
+            phase = .body(.echo(chunked: contentLength == nil, keepAlive: keepAlive))
+        case ("/ws/echo", "GET"):
+            upgradeToWebSocket(head, connection)
+        case ("/healthz", _), ("/echo", _), ("/ws/echo", _):
+            respond(connection, status: 405, code: "METHOD_NOT_ALLOWED",
+                    message: "\(head.method) is not allowed on \(head.path)", keepAlive: keepAlive)
+            phase = .body(.discard(keepAlive: keepAlive))
+        default:
+            respond(connection, status: 404, code: "NOT_FOUND", message: "no route for \(head.path)",
+                    keepAlive: keepAlive)
+            phase = .body(.discard(keepAlive: keepAlive))
+        }
+    }
+
+    private func upgradeToWebSocket(_ head: HTTPRequestHead, _ connection: Connection) {
+        let key: String
+        do {
+            key = try WebSocketHandshake.validateClientRequest(head).key
+        } catch {
+            var extra: HTTPHeaders = [:]
+            if error.status == 426 { extra.add(name: "Sec-WebSocket-Version", value: "13") }
+            respond(connection, status: error.status, code: error.code, message: error.reason,
+                    keepAlive: false, extraHeaders: extra)
+            phase = .done
+            connection.close(.graceful)
+            return
+        }
+        RelayStats.bump(context.stats.webSocketUpgrades)
+        writeHead(WebSocketHandshake.serverResponse(key: key), connection)
+        let leftover = decoder.takeBufferedBytes()
+        phase = .done
+        let ws = WebSocketEchoConnection(context: context)
+        connection.handler = ws
+        ws.connectionDidOpen(connection)
+        if !leftover.isEmpty {
+            leftover.withUnsafeBytes { ws.connection(connection, didRead: $0) }
+        }
+    }
+
+    // MARK: responses
+
+    private func fail(_ connection: Connection, _ error: HTTPParseError) {
+        RelayStats.bump(context.stats.badRequests)
+        phase = .done
+        respond(connection, status: error.status, code: error.code, message: error.reason, keepAlive: false)
+        connection.close(.graceful)
+    }
+
+    private func writeHead(_ head: HTTPResponseHead, _ connection: Connection) {
+        scratch.removeAll(keepingCapacity: true)
+        head.encode(into: &scratch)
+        connection.write(scratch)
+    }
+
+    private func respond(_ connection: Connection, status: Int, code: String, message: String,
+                         keepAlive: Bool, extraHeaders: HTTPHeaders = [:]) {
+        respondJSON(connection, status: status, body: JSON.error(code: code, message: message),
+                    keepAlive: keepAlive, extraHeaders: extraHeaders)
+    }
+
+    private func respondJSON(_ connection: Connection, status: Int, body: String, keepAlive: Bool,
+                             headOnly: Bool = false, extraHeaders: HTTPHeaders = [:]) {
+        var headers: HTTPHeaders = [:]
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        headers.add(name: "Server", value: "tether")
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
+        scratch.removeAll(keepingCapacity: true)
+        HTTPResponseHead(status: status, headers: headers).encode(into: &scratch)
+        if !headOnly { scratch.append(contentsOf: body.utf8) }
+        connection.write(scratch)
+    }
+}
+#endif

@@ -1,0 +1,132 @@
+#if os(Linux)
+import Glibc
+import Logging
+import Synchronization
+import TetherIO
+import TetherTLS
+
+/// What one worker's handlers share. Lives on that worker's loop thread.
+final class RelayContext {
+    let configuration: RelayConfiguration
+    let stats: RelayStats
+
+    init(configuration: RelayConfiguration, stats: RelayStats) {
+        self.configuration = configuration
+        self.stats = stats
+    }
+}
+
+public enum RelayError: Error, CustomStringConvertible {
+    case invalidAddress(String)
+    case tlsMisconfigured(String)
+
+    public var description: String {
+        switch self {
+        case .invalidAddress(let a): return "invalid listen address: \(a)"
+        case .tlsMisconfigured(let m): return m
+        }
+    }
+}
+
+/// The relay process: worker loops with SO_REUSEPORT listeners (plaintext and optional TLS).
+public final class Relay: Sendable {
+    public let configuration: RelayConfiguration
+    public let logger: Logger
+    private let group: EventLoopGroup
+    private let tlsBox: TLSContextBox?
+    private let workerStats: [RelayStats]
+    private let bound = Mutex<(http: SocketAddress?, tls: SocketAddress?)>((nil, nil))
+
+    public init(configuration: RelayConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        var io = configuration.io
+        io.workers = max(1, configuration.workers)
+        self.group = try EventLoopGroup(configuration: io)
+        self.workerStats = (0..<io.workers).map { _ in RelayStats() }
+        if configuration.tlsPort != nil {
+            self.tlsBox = TLSContextBox(try Relay.loadTLS(configuration))
+        } else {
+            self.tlsBox = nil
+        }
+    }
+
+    static func loadTLS(_ configuration: RelayConfiguration) throws -> TLSContext {
+        guard let cert = configuration.tlsCertificateFile, let key = configuration.tlsKeyFile else {
+            throw RelayError.tlsMisconfigured("a TLS listener needs --tls-cert and --tls-key")
+        }
+        return try TLSContext(configuration: .server(certificateChainFile: cert, privateKeyFile: key))
+    }
+
+    public var httpAddress: SocketAddress? { bound.withLock { $0.http } }
+    public var tlsAddress: SocketAddress? { bound.withLock { $0.tls } }
+    public var ioStats: [IOStats] { group.handles.map(\.stats) }
+    public var stats: [RelayStats] { workerStats }
+
+    /// Binds every worker's listeners and starts the loops. Port 0 picks a free port once and
+    /// the other workers join it with SO_REUSEPORT.
+    public func start() throws {
+        guard let httpAddress = SocketAddress(host: configuration.host, port: configuration.port) else {
+            throw RelayError.invalidAddress("\(configuration.host):\(configuration.port)")
+        }
+        var httpFDs: [Int32] = []
+        var tlsFDs: [Int32] = []
+        var httpBound = httpAddress
+        var tlsBound: SocketAddress?
+        do {
+            for _ in group.handles {
+                let l = try Socket.listen(on: httpBound)
+                httpFDs.append(l.fd)
+                httpBound = l.address
+                if let tlsPort = configuration.tlsPort {
+                    guard let want = tlsBound ?? SocketAddress(host: configuration.host, port: tlsPort) else {
+                        throw RelayError.invalidAddress("\(configuration.host):\(tlsPort)")
+                    }
+                    let t = try Socket.listen(on: want)
+                    tlsFDs.append(t.fd)
+                    tlsBound = t.address
+                }
+            }
+        } catch {
+            for fd in httpFDs + tlsFDs { close(fd) }
+            throw error
+        }
+        bound.withLock { $0 = (httpBound, tlsBound) }
+        let configuration = self.configuration
+        let stats = workerStats
+        let tlsBox = self.tlsBox
+        let (httpListeners, tlsListeners) = (httpFDs, tlsFDs)
+        try group.start { loop in
+            let context = RelayContext(configuration: configuration, stats: stats[loop.index])
+            loop.startAccepting(listenFD: httpListeners[loop.index]) { _ in HTTPServerConnection(context: context) }
+            if !tlsListeners.isEmpty {
+                loop.startAccepting(listenFD: tlsListeners[loop.index], tls: tlsBox) { _ in HTTPServerConnection(context: context) }
+            }
+        }
+        logger.info("tether-relay listening", metadata: [
+            "http": "\(httpBound)",
+            "tls": "\(tlsBound.map { "\($0)" } ?? "off")",
+            "workers": "\(group.handles.count)",
+        ])
+    }
+
+    /// Re-reads the TLS certificate and key. New connections use them; established ones keep
+    /// the context they started with. A broken file leaves the old context in force.
+    @discardableResult
+    public func reloadTLS() -> Bool {
+        guard let tlsBox else { return true }
+        do {
+            tlsBox.current = try Relay.loadTLS(configuration)
+            logger.info("TLS certificate reloaded", metadata: ["cert": "\(configuration.tlsCertificateFile ?? "")"])
+            return true
+        } catch {
+            logger.error("TLS reload failed; keeping the previous certificate", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    public func shutdown() {
+        group.shutdown()
+    }
+}
+#endif
