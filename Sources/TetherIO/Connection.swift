@@ -39,6 +39,8 @@ public enum CloseMode: Sendable {
 public final class Connection {
     enum State: UInt8 {
         case connecting, open, closing, lingering, aborting, closed
+        /// Moving to another worker: output is flushed, input is held, then the fd travels.
+        case handingOff
     }
 
     public unowned let loop: EventLoop
@@ -63,6 +65,8 @@ public final class Connection {
     var pending = ByteQueue()
     /// Input that arrived after `pauseReading` but before the kernel stopped the recv.
     var heldInput: [UInt8] = []
+
+    var handOffTarget: (EventLoopHandle, @Sendable () -> any ConnectionHandler)?
 
     var deadlineAt: UInt64 = 0
     var deadlineTimerArmed = false
@@ -181,11 +185,29 @@ public final class Connection {
         switch state {
         case .open, .connecting:
             if let handler { handler.connectionDeadlineExpired(self) } else { close(.abort) }
-        case .closing, .lingering:
+        case .closing, .lingering, .handingOff:
             abort(nil)
         case .aborting, .closed:
             break
         }
+    }
+
+    // MARK: hand-off
+
+    /// Moves this connection to another worker (e.g. the one that owns the user's session).
+    /// Unsent output is flushed first and input that arrives meanwhile is held; then the fd
+    /// (and its TLS state) is adopted by `target`, where `makeHandler` builds the new handler,
+    /// which hears `connectionDidOpen` and then the held input. This loop's handler is dropped.
+    /// `unread` is input the current handler received but leaves for the new one.
+    public func handOff(to target: EventLoopHandle, unread: [UInt8] = [],
+                        makeHandler: @escaping @Sendable () -> any ConnectionHandler) {
+        guard state == .open else { return }
+        state = .handingOff
+        heldInput = unread + heldInput
+        handOffTarget = (target, makeHandler)
+        if recvArmed { loop.cancelRecv(self) }
+        loop.queueFlush(self)
+        loop.finishHandOffIfReady(self)
     }
 
     // MARK: closing
@@ -238,6 +260,9 @@ public final class Connection {
         switch state {
         case .open:
             break
+        case .handingOff:
+            heldInput.append(contentsOf: bytes)
+            return
         case .lingering, .closing, .aborting, .closed, .connecting:
             return
         }

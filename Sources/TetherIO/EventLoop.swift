@@ -167,7 +167,39 @@ public final class EventLoop {
             submitSend(c)
         } else if c.state == .closing {
             c.startLinger()
+        } else if c.state == .handingOff {
+            finishHandOffIfReady(c)
         }
+    }
+
+    func finishHandOffIfReady(_ c: Connection) {
+        guard c.state == .handingOff, c.isQuiescent, c.sending.isEmpty, c.pending.isEmpty,
+              let (target, makeHandler) = c.handOffTarget else { return }
+        // Leave the fd open: it now belongs to the target loop.
+        c.state = .closed
+        c.handOffTarget = nil
+        connections[Int(c.slot)] = nil
+        generations[Int(c.slot)] = (generations[Int(c.slot)] &+ 1) & 0xFF_FFFF
+        freeSlots.append(c.slot)
+        connectionCount -= 1
+        c.deadlineAt = 0
+        c.handler = nil
+        let transfer = HandOff(fd: c.fd, tls: c.tls, input: c.heldInput)
+        c.tls = nil
+        c.heldInput = []
+        target.execute { loop in
+            loop.adopt(transfer, handler: makeHandler())
+        }
+    }
+
+    /// Takes over a connection handed off by another loop.
+    func adopt(_ transfer: HandOff, handler: any ConnectionHandler) {
+        let c = register(fd: transfer.fd, state: .open)
+        c.handler = handler
+        c.tls = transfer.tls
+        armRecv(c)
+        handler.connectionDidOpen(c)
+        if !transfer.input.isEmpty { transfer.input.withUnsafeBytes { c.deliver($0) } }
     }
 
     // MARK: connections
@@ -189,6 +221,7 @@ public final class EventLoop {
     }
 
     func finishIfQuiescent(_ c: Connection) {
+        if c.state == .handingOff { finishHandOffIfReady(c); return }
         guard c.state == .aborting, c.isQuiescent else { return }
         c.state = .closed
         Glibc.close(c.fd)
@@ -531,6 +564,14 @@ public final class EventLoop {
         Glibc.close(mailbox.eventFD)
         publishStats()
     }
+}
+
+/// A connection in transit between loops. The TLS state moves with it; it is used by one
+/// thread at a time (the sender has dropped it before the receiver picks it up).
+struct HandOff: @unchecked Sendable {
+    let fd: Int32
+    let tls: TLSConnection?
+    let input: [UInt8]
 }
 
 final class Listener {
