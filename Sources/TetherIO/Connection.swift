@@ -9,7 +9,7 @@ public protocol ConnectionHandler: AnyObject {
     func connectionDidOpen(_ connection: Connection)
     /// Bytes arrived (plaintext, after TLS). The buffer is only valid during the call.
     func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer)
-    /// The peer finished sending. Default: close gracefully.
+    /// The peer finished sending (after every byte it sent was delivered). Default: close.
     func connectionDidReadEOF(_ connection: Connection)
     /// Unsent bytes fell below the low watermark after having passed the high one.
     func connectionWritable(_ connection: Connection)
@@ -53,28 +53,32 @@ public final class Connection {
 
     // Operations in flight: the fd is closed only once all have completed.
     var recvArmed = false
+    var recvCancelPending = false
     var sendInFlight = false
     var connectInFlight = false
-    var cancelsInFlight: UInt8 = 0
+    var cancelsInFlight = 0
     var readPaused = false
+    /// The peer's EOF arrived while input was still held back; delivered after that input.
+    var eofPending = false
     var flushQueued = false
+    var starved = false
     var reportedUnwritable = false
     var closeError: IOError?
 
     var sending = ByteQueue()
     var pending = ByteQueue()
-    /// Input that arrived after `pauseReading` but before the kernel stopped the recv.
+    /// Raw input (ciphertext for TLS) that arrived while reading was paused or a hand-off ran.
     var heldInput: [UInt8] = []
 
     var handOffTarget: (EventLoopHandle, @Sendable () -> any ConnectionHandler)?
+    /// Plaintext the old handler gave back at hand-off; delivered before `heldInput`.
+    var handOffUnread: [UInt8] = []
 
     var deadlineAt: UInt64 = 0
-    var deadlineTimerArmed = false
+    var deadlineTimer: TimerID?
+    var deadlineTimerAt: UInt64 = 0
     var connectAddress: UnsafeMutableRawPointer?
     private var cachedRemote: SocketAddress?
-
-    /// Anything the owner wants to hang on the connection (e.g. a per-IP key).
-    public var userTag: Int = 0
 
     init(loop: EventLoop, fd: Int32, slot: Int32, generation: UInt32, state: State) {
         self.loop = loop
@@ -127,7 +131,7 @@ public final class Connection {
     }
 
     func moveCiphertext() {
-        guard let tls, tls.hasOutboundCiphertext else { return }
+        guard let tls, tls.hasOutboundCiphertext, state != .aborting, state != .closed else { return }
         tls.takeOutboundCiphertext(into: &loop.tlsScratch)
         loop.tlsScratch.withUnsafeBytes { pending.append($0) }
         loop.tlsScratch.removeAll(keepingCapacity: true)
@@ -140,45 +144,59 @@ public final class Connection {
     public func pauseReading() {
         guard !readPaused else { return }
         readPaused = true
-        if recvArmed { loop.cancelRecv(self) }
+        if recvArmed && !recvCancelPending { loop.cancelRecv(self) }
     }
 
     public func resumeReading() {
         guard readPaused else { return }
         readPaused = false
+        guard state == .open else { return }
         if !heldInput.isEmpty {
             let held = heldInput
             heldInput = []
             held.withUnsafeBytes { deliver($0) }
-        } else if let tls, state == .open {
+        } else if let tls {
+            // Ciphertext already fed may hold records not yet read as plaintext.
             readTLS(tls)
         }
-        if state == .open && !readPaused && !recvArmed { loop.armRecv(self) }
+        guard state == .open, !readPaused else { return }
+        if eofPending {
+            eofPending = false
+            readEOF()
+            return
+        }
+        // If a cancel is still on its way, its completion re-arms (see the recv dispatch).
+        if !recvArmed { loop.armRecv(self) }
     }
 
     // MARK: deadlines
 
-    /// Sets (or with nil clears) a deadline relative to now. Cheap to call on every read:
-    /// the wheel is only touched when no timer is armed yet.
+    /// Sets (or with nil clears) a deadline relative to now. Cheap to call on every read: the
+    /// wheel is touched only when the deadline moves earlier than the armed timer.
     public func setDeadline(milliseconds: UInt64?) {
         guard let milliseconds else {
             deadlineAt = 0
             return
         }
         deadlineAt = loop.nowMilliseconds &+ milliseconds
-        if !deadlineTimerArmed {
-            deadlineTimerArmed = true
-            _ = loop.wheel.schedule(atMilliseconds: deadlineAt, target: .connection(slot: slot, generation: generation))
+        if let timer = deadlineTimer {
+            guard deadlineAt < deadlineTimerAt else { return }
+            loop.wheel.cancel(timer)
         }
+        armDeadlineTimer()
+    }
+
+    private func armDeadlineTimer() {
+        deadlineTimerAt = deadlineAt
+        deadlineTimer = loop.wheel.schedule(atMilliseconds: deadlineAt,
+                                            target: .connection(slot: slot, generation: generation))
     }
 
     func deadlineTimerFired() {
-        deadlineTimerArmed = false
+        deadlineTimer = nil
         guard deadlineAt != 0, state != .closed else { return }
-        let now = loop.nowMilliseconds
-        if now < deadlineAt {
-            deadlineTimerArmed = true
-            _ = loop.wheel.schedule(atMilliseconds: deadlineAt, target: .connection(slot: slot, generation: generation))
+        if loop.nowMilliseconds < deadlineAt {
+            armDeadlineTimer()
             return
         }
         deadlineAt = 0
@@ -192,22 +210,29 @@ public final class Connection {
         }
     }
 
+    func cancelDeadline() {
+        deadlineAt = 0
+        if let timer = deadlineTimer { loop.wheel.cancel(timer) }
+        deadlineTimer = nil
+    }
+
     // MARK: hand-off
 
     /// Moves this connection to another worker (e.g. the one that owns the user's session).
     /// Unsent output is flushed first and input that arrives meanwhile is held; then the fd
     /// (and its TLS state) is adopted by `target`, where `makeHandler` builds the new handler,
-    /// which hears `connectionDidOpen` and then the held input. This loop's handler is dropped.
-    /// `unread` is input the current handler received but leaves for the new one.
+    /// which hears `connectionDidOpen`, then `unread`, then the held input. This loop's handler
+    /// is dropped. `unread` is plaintext the current handler received but leaves for the new one.
     public func handOff(to target: EventLoopHandle, unread: [UInt8] = [],
                         makeHandler: @escaping @Sendable () -> any ConnectionHandler) {
         guard state == .open else { return }
         state = .handingOff
-        heldInput = unread + heldInput
         handOffTarget = (target, makeHandler)
-        if recvArmed { loop.cancelRecv(self) }
+        handOffUnread = unread
+        if recvArmed && !recvCancelPending { loop.cancelRecv(self) }
+        // Finished from the loop's flush pass, never from inside this (possibly TLS) callback:
+        // the TLS state must not reach another thread while this one is still using it.
         loop.queueFlush(self)
-        loop.finishHandOffIfReady(self)
     }
 
     // MARK: closing
@@ -219,14 +244,18 @@ public final class Connection {
         case .graceful:
             guard state == .open || state == .connecting else { return }
             if state == .connecting { abort(nil); return }
-            state = .closing
-            if let tls {
-                tls.shutdown()
-                moveCiphertext()
-            }
-            setDeadline(milliseconds: loop.configuration.closeTimeoutMilliseconds)
-            if sending.isEmpty && pending.isEmpty && !sendInFlight { startLinger() } else { loop.queueFlush(self) }
+            tls?.shutdown()
+            moveCiphertext()
+            closeAfterFlush()
         }
+    }
+
+    /// Flushes what is queued (without a TLS close_notify), then lingers and closes.
+    func closeAfterFlush() {
+        guard state == .open else { return }
+        state = .closing
+        setDeadline(milliseconds: loop.configuration.closeTimeoutMilliseconds)
+        if sending.isEmpty && pending.isEmpty && !sendInFlight { startLinger() } else { loop.queueFlush(self) }
     }
 
     /// All output is out: send FIN and keep reading (discarding) until the peer's EOF or the
@@ -237,6 +266,7 @@ public final class Connection {
         Glibc.shutdown(fd, Int32(SHUT_WR))
         setDeadline(milliseconds: loop.configuration.lingerMilliseconds)
         heldInput = []
+        readPaused = false
         if !recvArmed { loop.armRecv(self) }
     }
 
@@ -244,9 +274,11 @@ public final class Connection {
         guard state != .aborting && state != .closed else { return }
         if closeError == nil { closeError = error }
         state = .aborting
-        sending.release()
+        // The kernel may still be reading `sending`: it is released when that send completes.
+        if !sendInFlight { sending.release() }
         pending.release()
         heldInput = []
+        handOffUnread = []
         Glibc.shutdown(fd, Int32(SHUT_RDWR))
         if recvArmed || sendInFlight || connectInFlight { loop.cancelAll(self) }
         loop.finishIfQuiescent(self)
@@ -280,24 +312,27 @@ public final class Connection {
     }
 
     private func readTLS(_ tls: TLSConnection) {
-        loop.plaintextScratch.withUnsafeMutableBytes { scratch in
-            while state == .open {
-                switch tls.readPlaintext(into: scratch) {
-                case .bytes(let n):
-                    if n > 0 { handler?.connection(self, didRead: UnsafeRawBufferPointer(rebasing: scratch[0..<n])) }
-                case .wantMoreCiphertext:
-                    moveCiphertext()
-                    return
-                case .closed:
-                    moveCiphertext()
-                    handler?.connectionDidReadEOF(self) ?? close()
-                    return
-                case .failed(let message):
-                    moveCiphertext()
-                    abort(IOError(errno: EPROTO, operation: "tls: \(message)"))
-                    return
-                }
-                if readPaused { return }
+        // A handler may resume another TLS connection from inside this callback: each nesting
+        // level gets its own scratch buffer, so the outer plaintext stays intact.
+        let scratch = loop.acquirePlaintextScratch()
+        defer { loop.releasePlaintextScratch() }
+        while state == .open && !readPaused {
+            switch tls.readPlaintext(into: scratch) {
+            case .bytes(let n):
+                if n > 0 { handler?.connection(self, didRead: UnsafeRawBufferPointer(rebasing: scratch[0..<n])) }
+            case .wantMoreCiphertext:
+                moveCiphertext()
+                return
+            case .closed:
+                moveCiphertext()
+                if let handler { handler.connectionDidReadEOF(self) } else { close() }
+                return
+            case .failed:
+                // Send the alert OpenSSL queued, then close without close_notify.
+                moveCiphertext()
+                closeError = IOError(errno: EPROTO, operation: "tls: \(tls.failure ?? "handshake failed")")
+                closeAfterFlush()
+                return
             }
         }
         moveCiphertext()
@@ -306,9 +341,16 @@ public final class Connection {
     func readEOF() {
         switch state {
         case .open:
+            if readPaused || !heldInput.isEmpty {
+                eofPending = true
+                return
+            }
             if let handler { handler.connectionDidReadEOF(self) } else { close() }
         case .lingering:
             abort(nil)
+        case .handingOff:
+            // The new owner hears it: a zero-length marker can't travel, so treat as held EOF.
+            eofPending = true
         default:
             break
         }

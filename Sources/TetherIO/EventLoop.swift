@@ -7,7 +7,7 @@ import TetherTLS
 /// What a completion belongs to, packed into the SQE's user_data: 8 bits of operation,
 /// 32 bits of slot, 24 bits of slot generation (so a late completion never reaches a reused slot).
 enum Op: UInt8 {
-    case accept = 1, recv, send, connect, cancel, wake
+    case accept = 1, recv, send, connect, cancel, wake, cancelRecv
 }
 
 @inline(__always)
@@ -25,6 +25,7 @@ public final class EventLoop {
     let uring: UnsafeMutablePointer<io_uring>
     let buffers: BufferRing
     var wheel: TimerWheel
+    /// The loop's clock, refreshed as soon as the kernel returns (before any handler runs).
     public private(set) var nowMilliseconds: UInt64
 
     private var connections: [Connection?] = []
@@ -34,8 +35,11 @@ public final class EventLoop {
     private var flushQueue: [Connection] = []
     private var starved: [Connection] = []
     private var stopping = false
+    private var ringClosed = false
     private let wakeBuffer: UnsafeMutablePointer<UInt64>
     private var cqeBatch: [(userData: UInt64, res: Int32, flags: UInt32)] = []
+    private static let cqeBatchLimit = 1024
+    private let cqePointers: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     private var dueTargets: [TimerTarget] = []
     private var dueClosures: [() -> Void] = []
 
@@ -47,8 +51,9 @@ public final class EventLoop {
     private var acceptedCount: UInt64 = 0
     public private(set) var connectionCount = 0
 
-    /// Scratch space shared by all connections of this loop (one thread, so no contention).
-    var plaintextScratch = [UInt8](repeating: 0, count: 64 * 1024)
+    /// Plaintext scratch buffers for TLS reads, one per callback nesting level.
+    private var plaintextScratch: [UnsafeMutableRawBufferPointer] = []
+    private var plaintextDepth = 0
     var tlsScratch: [UInt8] = []
 
     init(index: Int, configuration: IOConfiguration, mailbox: Mailbox, stats: IOStats) throws(IOError) {
@@ -78,15 +83,18 @@ public final class EventLoop {
         self.wheel = TimerWheel(nowMilliseconds: nowMilliseconds)
         self.wakeBuffer = .allocate(capacity: 1)
         self.wakeBuffer.initialize(to: 0)
+        self.cqePointers = .allocate(capacity: EventLoop.cqeBatchLimit)
+        // A registered ring fd spares the kernel an fd lookup on every io_uring_enter.
+        _ = io_uring_register_ring_fd(uring)
         armWake()
     }
-
-    private var ringClosed = false
 
     deinit {
         if !ringClosed { io_uring_queue_exit(uring) }
         uring.deallocate()
         wakeBuffer.deallocate()
+        cqePointers.deallocate()
+        for buffer in plaintextScratch { buffer.deallocate() }
     }
 
     public static func monotonicMilliseconds() -> UInt64 {
@@ -95,49 +103,62 @@ public final class EventLoop {
         return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
+    func acquirePlaintextScratch() -> UnsafeMutableRawBufferPointer {
+        if plaintextDepth == plaintextScratch.count {
+            plaintextScratch.append(.allocate(byteCount: 64 * 1024, alignment: 16))
+        }
+        plaintextDepth += 1
+        return plaintextScratch[plaintextDepth - 1]
+    }
+
+    func releasePlaintextScratch() {
+        plaintextDepth -= 1
+    }
+
     // MARK: SQEs
 
+    /// A free submission entry, or nil once the ring is gone (loop torn down).
     @inline(__always)
-    private func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
+    private func sqe() -> UnsafeMutablePointer<io_uring_sqe>? {
+        guard !ringClosed else { return nil }
         if let s = io_uring_get_sqe(uring) { return s }
         // Submission queue full: hand what we have to the kernel and try again.
         let n = io_uring_submit(uring)
         if n > 0 { submissions &+= UInt64(n) }
-        if let s = io_uring_get_sqe(uring) { return s }
-        fatalError("io_uring submission queue still full after submit")
+        return io_uring_get_sqe(uring)
     }
 
     private func armWake() {
-        let s = sqe()
+        guard let s = sqe() else { return }
         io_uring_prep_read(s, mailbox.eventFD, wakeBuffer, 8, 0)
         io_uring_sqe_set_data64(s, packUserData(.wake, slot: 0, generation: 0))
     }
 
     func armRecv(_ c: Connection) {
-        guard !c.recvArmed else { return }
-        let s = sqe()
+        guard !c.recvArmed, let s = sqe() else { return }
         tether_prep_recv_multishot(s, c.fd, buffers.group)
         io_uring_sqe_set_data64(s, packUserData(.recv, slot: c.slot, generation: c.generation))
         c.recvArmed = true
     }
 
     func cancelRecv(_ c: Connection) {
-        let s = sqe()
+        guard let s = sqe() else { return }
         io_uring_prep_cancel64(s, packUserData(.recv, slot: c.slot, generation: c.generation), 0)
-        io_uring_sqe_set_data64(s, packUserData(.cancel, slot: c.slot, generation: c.generation))
-        c.cancelsInFlight &+= 1
+        io_uring_sqe_set_data64(s, packUserData(.cancelRecv, slot: c.slot, generation: c.generation))
+        c.cancelsInFlight += 1
+        c.recvCancelPending = true
     }
 
     func cancelAll(_ c: Connection) {
-        let s = sqe()
+        guard let s = sqe() else { return }
         io_uring_prep_cancel_fd(s, c.fd, UInt32(IORING_ASYNC_CANCEL_ALL))
         io_uring_sqe_set_data64(s, packUserData(.cancel, slot: c.slot, generation: c.generation))
-        c.cancelsInFlight &+= 1
+        c.cancelsInFlight += 1
     }
 
     private func submitSend(_ c: Connection) {
         let bytes = c.sending.readableBytes
-        let s = sqe()
+        guard let s = sqe() else { return }
         tether_prep_send(s, c.fd, bytes.baseAddress, bytes.count)
         io_uring_sqe_set_data64(s, packUserData(.send, slot: c.slot, generation: c.generation))
         c.sendInFlight = true
@@ -178,28 +199,34 @@ public final class EventLoop {
         // Leave the fd open: it now belongs to the target loop.
         c.state = .closed
         c.handOffTarget = nil
-        connections[Int(c.slot)] = nil
-        generations[Int(c.slot)] = (generations[Int(c.slot)] &+ 1) & 0xFF_FFFF
-        freeSlots.append(c.slot)
-        connectionCount -= 1
-        c.deadlineAt = 0
+        releaseSlot(c)
         c.handler = nil
-        let transfer = HandOff(fd: c.fd, tls: c.tls, input: c.heldInput)
+        let transfer = HandOff(fd: c.fd, tls: c.tls, unread: c.handOffUnread, held: c.heldInput, eof: c.eofPending)
         c.tls = nil
         c.heldInput = []
-        target.execute { loop in
+        c.handOffUnread = []
+        let posted = target.mailbox.post { loop in
             loop.adopt(transfer, handler: makeHandler())
         }
+        if !posted { Glibc.close(transfer.fd) }
     }
 
     /// Takes over a connection handed off by another loop.
     func adopt(_ transfer: HandOff, handler: any ConnectionHandler) {
+        guard !stopping, !ringClosed else {
+            Glibc.close(transfer.fd)
+            return
+        }
         let c = register(fd: transfer.fd, state: .open)
         c.handler = handler
         c.tls = transfer.tls
         armRecv(c)
         handler.connectionDidOpen(c)
-        if !transfer.input.isEmpty { transfer.input.withUnsafeBytes { c.deliver($0) } }
+        if !transfer.unread.isEmpty, c.state == .open {
+            transfer.unread.withUnsafeBytes { handler.connection(c, didRead: $0) }
+        }
+        if !transfer.held.isEmpty { transfer.held.withUnsafeBytes { c.deliver($0) } }
+        if transfer.eof { c.readEOF() }
     }
 
     // MARK: connections
@@ -220,16 +247,21 @@ public final class EventLoop {
         return c
     }
 
+    private func releaseSlot(_ c: Connection) {
+        connections[Int(c.slot)] = nil
+        generations[Int(c.slot)] = (generations[Int(c.slot)] &+ 1) & 0xFF_FFFF
+        freeSlots.append(c.slot)
+        connectionCount -= 1
+        c.cancelDeadline()
+    }
+
     func finishIfQuiescent(_ c: Connection) {
         if c.state == .handingOff { finishHandOffIfReady(c); return }
         guard c.state == .aborting, c.isQuiescent else { return }
         c.state = .closed
         Glibc.close(c.fd)
-        connections[Int(c.slot)] = nil
-        generations[Int(c.slot)] = (generations[Int(c.slot)] &+ 1) & 0xFF_FFFF
-        freeSlots.append(c.slot)
-        connectionCount -= 1
-        c.deadlineAt = 0
+        releaseSlot(c)
+        c.sending.release()
         c.tls = nil
         let handler = c.handler
         c.handler = nil
@@ -243,8 +275,12 @@ public final class EventLoop {
         return connections[i]
     }
 
-    /// Adopts an already-connected socket (e.g. handed over from another worker).
+    /// Adopts an already-connected socket.
     public func adopt(fd: Int32, tls: TLSContext? = nil, handler: any ConnectionHandler) {
+        guard !stopping, !ringClosed else {
+            Glibc.close(fd)
+            return
+        }
         let c = register(fd: fd, state: .open)
         c.handler = handler
         if let tls {
@@ -263,6 +299,10 @@ public final class EventLoop {
     public func connect(to remote: SocketAddress, from source: SocketAddress? = nil,
                         tls: TLSContext? = nil, serverName: String? = nil,
                         handler: any ConnectionHandler) -> Connection? {
+        guard !ringClosed, !stopping else {
+            handler.connectionDidClose(Connection.failed(loop: self), error: IOError(errno: ECANCELED, operation: "connect"))
+            return nil
+        }
         let fd: Int32
         do { fd = try Socket.makeClient(for: remote, source: source) } catch {
             handler.connectionDidClose(Connection.failed(loop: self), error: error)
@@ -277,13 +317,19 @@ public final class EventLoop {
                 return nil
             }
         }
-        let storage = malloc(MemoryLayout<sockaddr_storage>.size)!
+        guard let storage = malloc(MemoryLayout<sockaddr_storage>.size) else {
+            c.abort(IOError(errno: ENOMEM, operation: "connect"))
+            return nil
+        }
         c.connectAddress = storage
         let len = remote.withSockAddr { addr, len in
             storage.copyMemory(from: addr, byteCount: Int(len))
             return len
         }
-        let s = sqe()
+        guard let s = sqe() else {
+            c.abort(IOError(errno: ECANCELED, operation: "connect"))
+            return nil
+        }
         io_uring_prep_connect(s, fd, storage.assumingMemoryBound(to: sockaddr.self), len)
         io_uring_sqe_set_data64(s, packUserData(.connect, slot: c.slot, generation: c.generation))
         c.connectInFlight = true
@@ -305,16 +351,21 @@ public final class EventLoop {
     public func stopAccepting() {
         for l in listeners where !l.closed {
             l.closed = true
+            if !l.armed {
+                // Backing off after EMFILE: no completion will come to close it later.
+                l.fdClosed = true
+                Glibc.close(l.fd)
+                continue
+            }
             Glibc.shutdown(l.fd, Int32(SHUT_RDWR))
-            let s = sqe()
+            guard let s = sqe() else { continue }
             io_uring_prep_cancel_fd(s, l.fd, UInt32(IORING_ASYNC_CANCEL_ALL))
             io_uring_sqe_set_data64(s, packUserData(.cancel, slot: -1, generation: 0))
         }
     }
 
     private func armAccept(_ l: Listener) {
-        guard !l.closed else { return }
-        let s = sqe()
+        guard !l.closed, let s = sqe() else { return }
         io_uring_prep_multishot_accept(s, l.fd, nil, nil, tether_sock_cloexec())
         io_uring_sqe_set_data64(s, packUserData(.accept, slot: l.index, generation: 0))
         l.armed = true
@@ -391,7 +442,6 @@ public final class EventLoop {
             flushQueued()
             rearmStarved()
             waitAndProcess()
-            nowMilliseconds = EventLoop.monotonicMilliseconds()
             runTimers()
             iterations &+= 1
             publishStats()
@@ -413,27 +463,27 @@ public final class EventLoop {
             rc = io_uring_submit_and_wait(uring, wait)
         }
         if rc > 0 { submissions &+= UInt64(rc) }
+        // Handlers set deadlines relative to this: it must not be the time before the sleep.
+        nowMilliseconds = EventLoop.monotonicMilliseconds()
         drainCompletions()
     }
 
     private func drainCompletions() {
         while true {
-            var n: UInt32 = 0
-            cqeBatch.removeAll(keepingCapacity: true)
-            // Copy the batch out first: handlers may submit (and so enter the kernel) while we
-            // dispatch, and the ring's CQ slots must not be overwritten under us.
-            var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
-            while io_uring_peek_cqe(uring, &cqe) == 0, let c = cqe {
-                cqeBatch.append((c.pointee.user_data, c.pointee.res, c.pointee.flags))
-                io_uring_cqe_seen(uring, c)
-                n += 1
-                if n >= 1024 { break }
-            }
+            // Copy the batch out and release the CQ slots first: handlers may submit (and so
+            // enter the kernel) while we dispatch.
+            let n = Int(io_uring_peek_batch_cqe(uring, cqePointers, UInt32(EventLoop.cqeBatchLimit)))
             if n == 0 { return }
+            cqeBatch.removeAll(keepingCapacity: true)
+            for i in 0..<n {
+                guard let c = cqePointers[i] else { continue }
+                cqeBatch.append((c.pointee.user_data, c.pointee.res, c.pointee.flags))
+            }
+            io_uring_cq_advance(uring, UInt32(n))
             completions &+= UInt64(n)
             for entry in cqeBatch { dispatch(userData: entry.userData, res: entry.res, flags: entry.flags) }
             flushQueued()
-            if n < 1024 { return }
+            if n < EventLoop.cqeBatchLimit { return }
         }
     }
 
@@ -453,26 +503,31 @@ public final class EventLoop {
             if flags & TETHER_CQE_F_MORE == 0 { c.recvArmed = false }
             if res == 0 {
                 c.readEOF()
-            } else if res < 0 {
-                if res == -ENOBUFS {
-                    exhaustions &+= 1
-                    if c.state == .open || c.state == .lingering { starved.append(c) }
-                } else if res != -ECANCELED {
-                    c.abort(IOError(errno: -res, operation: "recv"))
+            } else if res == -ENOBUFS {
+                exhaustions &+= 1
+                if !c.starved && (c.state == .open || c.state == .lingering) {
+                    c.starved = true
+                    starved.append(c)
                 }
-            } else if !c.recvArmed && !c.readPaused && (c.state == .open || c.state == .lingering) {
+            } else if res < 0 && res != -ECANCELED {
+                c.abort(IOError(errno: -res, operation: "recv"))
+            } else if !c.recvArmed && !c.readPaused && !c.starved && (c.state == .open || c.state == .lingering) {
+                // The multishot ended (or a pause's cancel landed after a resume): keep reading.
                 armRecv(c)
             }
             finishIfQuiescent(c)
         case .send:
             guard let c = connection(slot: slot, generation: generation) else { return }
             c.sendInFlight = false
-            if res < 0 {
-                if c.state != .aborting { c.abort(IOError(errno: -res, operation: "send")) }
+            if c.state == .aborting {
+                c.sending.release()
                 finishIfQuiescent(c)
                 return
             }
-            if c.state == .aborting { finishIfQuiescent(c); return }
+            if res < 0 {
+                c.abort(IOError(errno: -res, operation: "send"))
+                return
+            }
             c.sending.consume(Int(res))
             startSendIfIdle(c)
             if c.reportedUnwritable && c.pendingWriteBytes <= configuration.writeLowWatermark && c.state == .open {
@@ -497,9 +552,10 @@ public final class EventLoop {
             armRecv(c)
             c.handler?.connectionDidOpen(c)
             queueFlush(c)
-        case .cancel:
+        case .cancel, .cancelRecv:
             guard slot >= 0, let c = connection(slot: slot, generation: generation) else { return }
-            c.cancelsInFlight &-= 1
+            c.cancelsInFlight -= 1
+            if op == .cancelRecv { c.recvCancelPending = false }
             finishIfQuiescent(c)
         case .accept:
             guard Int(slot) < listeners.count else { return }
@@ -521,10 +577,17 @@ public final class EventLoop {
         buffers.recycledSinceCheck = 0
         var kept: [Connection] = []
         for c in starved {
-            if budget > 0 && (c.state == .open || c.state == .lingering) && !c.recvArmed {
-                if !c.readPaused { armRecv(c) }
-                budget -= 1
-            } else if c.state == .open || c.state == .lingering {
+            guard c.state == .open || c.state == .lingering else {
+                c.starved = false
+                continue
+            }
+            if budget > 0 || c.recvArmed {
+                c.starved = false
+                if !c.recvArmed && !c.readPaused {
+                    armRecv(c)
+                    budget -= 1
+                }
+            } else {
                 kept.append(c)
             }
         }
@@ -541,17 +604,27 @@ public final class EventLoop {
     }
 
     private func tearDown() {
+        // Refuse new jobs, then run those already queued: a hand-off among them just closes
+        // its fd (adopt refuses while stopping).
+        for job in mailbox.close() { job(self) }
         for l in listeners where !l.fdClosed {
             l.fdClosed = true
+            l.closed = true
             Glibc.close(l.fd)
         }
-        // Wake every in-flight operation, then let the ring go before freeing the memory they use.
-        for case let c? in connections { Glibc.shutdown(c.fd, Int32(SHUT_RDWR)) }
+        let live = connections.compactMap { $0 }
+        // Mark everything closed before any callback runs, so no handler re-enters the ring.
+        for c in live {
+            c.state = .closed
+            Glibc.shutdown(c.fd, Int32(SHUT_RDWR))
+        }
+        drainInFlight(live)
         io_uring_queue_exit(uring)
         ringClosed = true
-        for case let c? in connections {
-            c.state = .closed
+        for c in live {
             Glibc.close(c.fd)
+            c.sending.release()
+            c.pending.release()
             let handler = c.handler
             c.handler = nil
             c.tls = nil
@@ -561,8 +634,45 @@ public final class EventLoop {
         connectionCount = 0
         flushQueue.removeAll()
         starved.removeAll()
-        Glibc.close(mailbox.eventFD)
         publishStats()
+    }
+
+    /// Cancels every operation and waits (bounded) for their completions, so the kernel no
+    /// longer touches send buffers when they are freed.
+    private func drainInFlight(_ live: [Connection]) {
+        for c in live where c.recvArmed || c.sendInFlight || c.connectInFlight {
+            guard let s = sqe() else { break }
+            io_uring_prep_cancel_fd(s, c.fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+            io_uring_sqe_set_data64(s, packUserData(.cancel, slot: c.slot, generation: c.generation))
+            c.cancelsInFlight += 1
+        }
+        let deadline = EventLoop.monotonicMilliseconds() + 500
+        while EventLoop.monotonicMilliseconds() < deadline {
+            if live.allSatisfy({ $0.isQuiescent }) { return }
+            var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
+            var ts = __kernel_timespec(tv_sec: 0, tv_nsec: 10_000_000)
+            _ = io_uring_submit_and_wait_timeout(uring, &cqe, 1, &ts, nil)
+            let n = Int(io_uring_peek_batch_cqe(uring, cqePointers, UInt32(EventLoop.cqeBatchLimit)))
+            for i in 0..<n {
+                guard let e = cqePointers[i] else { continue }
+                let userData = e.pointee.user_data
+                let flags = e.pointee.flags
+                guard let op = Op(rawValue: UInt8(truncatingIfNeeded: userData)) else { continue }
+                if op == .recv, flags & TETHER_CQE_F_BUFFER != 0 {
+                    buffers.recycle(id: UInt16(truncatingIfNeeded: flags >> TETHER_CQE_BUFFER_SHIFT))
+                }
+                let slot = Int32(bitPattern: UInt32(truncatingIfNeeded: userData >> 8))
+                guard let c = connection(slot: slot, generation: UInt32(truncatingIfNeeded: userData >> 40)) else { continue }
+                switch op {
+                case .recv: if flags & TETHER_CQE_F_MORE == 0 { c.recvArmed = false }
+                case .send: c.sendInFlight = false
+                case .connect: c.connectInFlight = false
+                case .cancel, .cancelRecv: c.cancelsInFlight -= 1
+                case .accept, .wake: break
+                }
+            }
+            io_uring_cq_advance(uring, UInt32(n))
+        }
     }
 }
 
@@ -571,7 +681,11 @@ public final class EventLoop {
 struct HandOff: @unchecked Sendable {
     let fd: Int32
     let tls: TLSConnection?
-    let input: [UInt8]
+    /// Plaintext the previous handler had read but not consumed.
+    let unread: [UInt8]
+    /// Raw input (ciphertext under TLS) that arrived during the hand-off.
+    let held: [UInt8]
+    let eof: Bool
 }
 
 final class Listener {

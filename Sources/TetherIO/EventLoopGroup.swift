@@ -6,8 +6,10 @@ import Synchronization
 /// Cross-thread job queue of one loop. Posting to an empty queue writes the loop's eventfd;
 /// the loop keeps a read armed on it, so a sleeping ring wakes within microseconds.
 final class Mailbox: Sendable {
+    /// Stays open until the mailbox itself goes away, so a late post never writes to a
+    /// descriptor number that was reused for something else.
     let eventFD: Int32
-    private let jobs = Mutex<[@Sendable (EventLoop) -> Void]>([])
+    private let jobs = Mutex<(queue: [@Sendable (EventLoop) -> Void], closed: Bool)>(([], false))
 
     init() throws(IOError) {
         let fd = tether_eventfd_cloexec()
@@ -15,22 +17,38 @@ final class Mailbox: Sendable {
         eventFD = fd
     }
 
-    func post(_ job: @escaping @Sendable (EventLoop) -> Void) {
-        let wasEmpty = jobs.withLock { queue in
-            let empty = queue.isEmpty
-            queue.append(job)
-            return empty
+    deinit { Glibc.close(eventFD) }
+
+    /// Queues `job`; false if the loop has stopped (the job will never run).
+    @discardableResult
+    func post(_ job: @escaping @Sendable (EventLoop) -> Void) -> Bool {
+        let (accepted, wasEmpty) = jobs.withLock { state -> (Bool, Bool) in
+            guard !state.closed else { return (false, false) }
+            let empty = state.queue.isEmpty
+            state.queue.append(job)
+            return (true, empty)
         }
         if wasEmpty {
             var one: UInt64 = 1
             _ = Glibc.write(eventFD, &one, 8)
         }
+        return accepted
     }
 
     func drain() -> [@Sendable (EventLoop) -> Void] {
-        jobs.withLock { queue in
-            let out = queue
-            queue.removeAll()
+        jobs.withLock { state in
+            let out = state.queue
+            state.queue.removeAll()
+            return out
+        }
+    }
+
+    /// Refuses further posts and returns what was still queued.
+    func close() -> [@Sendable (EventLoop) -> Void] {
+        jobs.withLock { state in
+            state.closed = true
+            let out = state.queue
+            state.queue.removeAll()
             return out
         }
     }
@@ -42,8 +60,10 @@ public struct EventLoopHandle: Sendable {
     public let stats: IOStats
     let mailbox: Mailbox
 
-    /// Runs `job` on the loop's thread (a connection or request handed to the worker that owns it).
-    public func execute(_ job: @escaping @Sendable (EventLoop) -> Void) {
+    /// Runs `job` on the loop's thread (a connection or request handed to the worker that owns
+    /// it). Returns false if the loop has stopped, in which case the job never runs.
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable (EventLoop) -> Void) -> Bool {
         mailbox.post(job)
     }
 }

@@ -48,6 +48,12 @@ final class EventLoopTests: XCTestCase {
 
     func testThousandConnectionsMoveDataBothWaysWithoutLossOrLeaks() throws {
         let baselineFDs = openFileDescriptorCount()
+        // Groups (and their eventfds) are released when this returns.
+        try thousandConnections()
+        XCTAssertEqual(openFileDescriptorCount(), baselineFDs, "file descriptors leaked")
+    }
+
+    private func thousandConnections() throws {
         let server = try TestServer.start(workers: 2) { EchoHandler() }
         var clientConfig = IOConfiguration()
         clientConfig.workers = 1
@@ -73,7 +79,6 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(accepted, UInt64(count))
         clients.shutdown()
         server.group.shutdown()
-        XCTAssertEqual(openFileDescriptorCount(), baselineFDs, "file descriptors leaked")
     }
 
     func testBufferExhaustionRecoversWithoutLoss() throws {
@@ -324,5 +329,95 @@ extension EventLoopTests {
         XCTAssertEqual(servedOn.count, 20)
         // Each connection ended up on the worker after the one that accepted it.
         XCTAssertEqual(acceptedOn.map { ($0 + 1) % 2 }.sorted(), servedOn.sorted())
+    }
+}
+
+extension EventLoopTests {
+    /// A loop that slept for longer than a connection's deadline must not count the sleep
+    /// against a connection accepted after it (the clock is read before handlers run).
+    func testDeadlineStartsWhenTheConnectionArrivesNotBeforeTheSleep() throws {
+        let server = try TestServer.start(workers: 1) { EchoHandler(deadline: 300) }
+        defer { server.group.shutdown() }
+        usleep(1_000_000) // no timers and no traffic: the loop sleeps in the kernel
+        let fd = connectBlocking(to: server.address)
+        defer { close(fd) }
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let message = Array("still alive?".utf8)
+        XCTAssertEqual(send(fd, message, message.count, 0), message.count)
+        var buf = [UInt8](repeating: 0, count: 64)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let n = recv(fd, &buf, buf.count, 0)
+        XCTAssertEqual(n, message.count, "the connection was closed by a deadline computed from a stale clock")
+    }
+
+    /// Pausing and resuming within one batch, before the pause's cancel lands, must not leave
+    /// the connection deaf; EOF must come after every held byte.
+    func testPauseResumeChurnAndHalfCloseKeepEveryByte() throws {
+        final class Churn: ConnectionHandler {
+            var buffered: [UInt8] = []
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+                buffered.append(contentsOf: bytes)
+                // Pause and immediately resume on every read: the worst case for cancel races.
+                connection.pauseReading()
+                connection.resumeReading()
+                connection.pauseReading()
+                connection.loop.schedule(afterMilliseconds: 1) { connection.resumeReading() }
+            }
+            func connectionDidReadEOF(_ connection: Connection) {
+                connection.write(buffered)
+                connection.close()
+            }
+        }
+        let server = try TestServer.start(workers: 1) { Churn() }
+        defer { server.group.shutdown() }
+        var rng = SplitMix64(state: 5)
+        let payload = rng.bytes(3_000_000)
+        let fd = connectBlocking(to: server.address)
+        defer { close(fd) }
+        var sent = 0
+        while sent < payload.count {
+            let n = payload[sent...].withUnsafeBytes { send(fd, $0.baseAddress, min($0.count, 100_000), 0) }
+            XCTAssertGreaterThan(n, 0)
+            if n <= 0 { break }
+            sent += n
+        }
+        shutdown(fd, Int32(SHUT_WR))
+        var received: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            received.append(contentsOf: buf[0..<n])
+        }
+        XCTAssertEqual(received.count, payload.count)
+        XCTAssertTrue(received == payload)
+    }
+
+    /// A graceful close must not wait for a longer deadline armed earlier (deadlines can move
+    /// earlier): the linger ends after lingerMilliseconds even if the peer never closes.
+    func testLingerEndsAtItsOwnDeadlineNotAnEarlierLongerOne() throws {
+        final class Closer: ConnectionHandler {
+            func connectionDidOpen(_ connection: Connection) {
+                connection.setDeadline(milliseconds: 60_000)
+            }
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+                connection.write(Array("bye".utf8))
+                connection.close()
+            }
+        }
+        let server = try TestServer.start(workers: 1, configure: { $0.lingerMilliseconds = 200 }) { Closer() }
+        defer { server.group.shutdown() }
+        let fd = connectBlocking(to: server.address)
+        defer { close(fd) }
+        XCTAssertEqual(send(fd, "x", 1, 0), 1)
+        var buf = [UInt8](repeating: 0, count: 16)
+        XCTAssertEqual(recv(fd, &buf, buf.count, 0), 3)
+        XCTAssertEqual(recv(fd, &buf, buf.count, 0), 0, "FIN after the response")
+        // We never close: the server must drop its end once the linger runs out.
+        XCTAssertTrue(waitUntil(timeout: 10) { server.group.handles[0].stats.openConnections.load(ordering: .relaxed) == 0 },
+                      "server still holds the connection long after the linger deadline")
     }
 }

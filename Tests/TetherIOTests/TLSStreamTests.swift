@@ -157,3 +157,72 @@ extension TLSPayloadClient {
     /// Sends the payload again on the same (still open) connection.
     func resend() { connectionRef?.write(payload) }
 }
+
+/// Sends `prefix + data`, expects `data` back (the server consumes the prefix line).
+final class PrefixedTLSClient: ConnectionHandler {
+    let prefix: [UInt8]
+    let data: [UInt8]
+    var received: [UInt8] = []
+    let result: Box<Bool?>
+    init(prefix: [UInt8], data: [UInt8], result: Box<Bool?>) {
+        self.prefix = prefix
+        self.data = data
+        self.result = result
+    }
+    func connectionDidOpen(_ connection: Connection) { connection.write(prefix + data) }
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+        received.append(contentsOf: bytes)
+        if received.count >= data.count {
+            let ok = received == data
+            result.with { $0 = ok }
+            connection.close()
+        }
+    }
+    func connectionDidClose(_ connection: Connection, error: IOError?) {
+        result.with { if $0 == nil { $0 = false } }
+    }
+}
+
+extension TLSStreamTests {
+    /// A TLS connection moves to another worker with the plaintext its first handler left
+    /// unread and the ciphertext that arrived meanwhile, in order.
+    func testTLSHandOffCarriesUnreadPlaintextAndHeldCiphertext() throws {
+        let pki = try TestPKI.make()
+        defer { pki.remove() }
+        let box = TLSContextBox(try TLSContext(configuration: .server(certificateChainFile: pki.cert("A"), privateKeyFile: pki.key("A"))))
+        let seen = Box<[Int]>([])
+        var config = IOConfiguration()
+        config.workers = 2
+        let group = try EventLoopGroup(configuration: config)
+        var fds: [Int32] = []
+        var address = SocketAddress(host: "127.0.0.1", port: 0)!
+        for _ in 0..<2 {
+            let l = try Socket.listen(on: address)
+            fds.append(l.fd)
+            address = l.address
+        }
+        let listenFDs = fds
+        let handles = group.handles
+        try group.start { loop in
+            loop.startAccepting(listenFD: listenFDs[loop.index], tls: box) { _ in HandOffAcceptor(targets: handles, seen: seen) }
+        }
+        defer { group.shutdown() }
+        let client = try TLSContext(configuration: .client(trustRootsFile: pki.ca))
+        let clients = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try clients.start { _ in }
+        defer { clients.shutdown() }
+        var rng = SplitMix64(state: 11)
+        for _ in 0..<10 {
+            let data = rng.bytes(300_000)
+            let result = Box<Bool?>(nil)
+            let target = address
+            clients.handles[0].execute { loop in
+                loop.connect(to: target, tls: client, serverName: "localhost",
+                             handler: PrefixedTLSClient(prefix: Array("hello\n".utf8), data: data, result: result))
+            }
+            XCTAssertTrue(waitUntil(timeout: 30) { result.get != nil })
+            XCTAssertEqual(result.get, true)
+        }
+        XCTAssertEqual(seen.get.filter { $0 >= 100 }.count, 10, "every connection was served after a hand-off")
+    }
+}
