@@ -7,9 +7,9 @@ import TetherWebSocket
 /// them, and hands upgraded connections to a WebSocket handler. The loop only moves bytes.
 final class HTTPServerConnection: ConnectionHandler {
     private enum Phase {
-        /// Waiting for (the rest of) a request head; the header deadline runs.
+        /// Waiting for (the rest of) a request head; the header deadline runs once it starts.
         case awaitingHead
-        /// Streaming the current request's body to `route`.
+        /// Streaming the current request's body to `route`; its response has started.
         case body(Route)
         /// Errored or upgraded: input is no longer for us.
         case done
@@ -25,6 +25,12 @@ final class HTTPServerConnection: ConnectionHandler {
     private let context: RelayContext
     private var decoder: HTTPRequestDecoder
     private var phase = Phase.awaitingHead
+    /// The peer half-closed; handled once everything it sent before has been processed.
+    private var peerFinished = false
+    /// The echo response head waits for the first body bytes, so that a body rejected up
+    /// front (bad chunk, over the size limit) still gets a clean 4xx.
+    private var deferredHead: HTTPResponseHead?
+    private var responseStarted = false
     private var scratch: [UInt8] = []
 
     init(context: RelayContext) {
@@ -37,9 +43,17 @@ final class HTTPServerConnection: ConnectionHandler {
     }
 
     func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
-        if case .done = phase { return }
-        if case .body = phase {
+        switch phase {
+        case .done:
+            return
+        case .body:
             connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
+        case .awaitingHead:
+            // A new head starts: it must be complete within the header timeout, however
+            // slowly its bytes trickle in (slowloris).
+            if decoder.bufferedByteCount == 0 {
+                connection.setDeadline(milliseconds: context.configuration.headerTimeoutMilliseconds)
+            }
         }
         decoder.feed(bytes)
         process(connection)
@@ -51,27 +65,32 @@ final class HTTPServerConnection: ConnectionHandler {
     }
 
     func connectionDidReadEOF(_ connection: Connection) {
-        if case .done = phase { connection.close(); return }
-        if let error = decoder.finish(), decoder.bufferedByteCount > 0 || isMidRequest {
-            fail(connection, error)
-            return
-        }
-        connection.close()
+        peerFinished = true
+        process(connection)
     }
 
     func connectionDeadlineExpired(_ connection: Connection) {
         RelayStats.bump(context.stats.deadlineExpirations)
-        if case .awaitingHead = phase, decoder.bufferedByteCount > 0 {
+        switch phase {
+        case .awaitingHead where decoder.bufferedByteCount > 0:
+            phase = .done
             respond(connection, status: 408, code: "REQUEST_TIMEOUT",
                     message: "the request head did not arrive in time", keepAlive: false)
+            connection.close(.graceful)
+        case .body where !responseStarted:
+            phase = .done
+            deferredHead = nil
+            respond(connection, status: 408, code: "REQUEST_TIMEOUT",
+                    message: "the request body stalled", keepAlive: false)
+            connection.close(.graceful)
+        case .body:
+            // The response is under way: no clean error can be sent any more.
+            phase = .done
+            connection.close(.abort)
+        default:
+            phase = .done
+            connection.close(.graceful)
         }
-        connection.close(.graceful)
-        phase = .done
-    }
-
-    private var isMidRequest: Bool {
-        if case .body = phase { return true }
-        return false
     }
 
     // MARK: request processing
@@ -91,13 +110,17 @@ final class HTTPServerConnection: ConnectionHandler {
                 fail(connection, error)
                 return
             }
-            guard let event else { return }
+            guard let event else {
+                if peerFinished { finishInput(connection) }
+                return
+            }
             switch event {
             case .head(let head):
                 handleHead(head, connection)
             case .body(let bytes):
                 guard case .body(let route) = phase else { continue }
                 if case .echo(let chunked, _) = route {
+                    writeDeferredHead(connection)
                     if chunked {
                         scratch.removeAll(keepingCapacity: true)
                         bytes.withUnsafeBytes { HTTPChunkedEncoding.encodeChunk($0, into: &scratch) }
@@ -114,6 +137,7 @@ final class HTTPServerConnection: ConnectionHandler {
                     keepAlive = k
                 case .echo(let chunked, let k):
                     keepAlive = k
+                    writeDeferredHead(connection)
                     if chunked {
                         scratch.removeAll(keepingCapacity: true)
                         HTTPChunkedEncoding.encodeLastChunk(into: &scratch)
@@ -121,7 +145,8 @@ final class HTTPServerConnection: ConnectionHandler {
                     }
                 }
                 scratch = []
-                if keepAlive {
+                responseStarted = false
+                if keepAlive && !peerFinished {
                     phase = .awaitingHead
                     connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
                 } else {
@@ -133,40 +158,53 @@ final class HTTPServerConnection: ConnectionHandler {
         }
     }
 
+    /// Everything the peer sent before its EOF has been processed.
+    private func finishInput(_ connection: Connection) {
+        if let error = decoder.finish() {
+            fail(connection, error)
+        } else {
+            phase = .done
+            connection.close(.graceful)
+        }
+    }
+
     private func handleHead(_ head: HTTPRequestHead, _ connection: Connection) {
         RelayStats.bump(context.stats.requests)
         connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
         let keepAlive = head.isKeepAlive
+        let headOnly = head.method == "HEAD"
         switch (head.path, head.method) {
         case ("/healthz", "GET"), ("/healthz", "HEAD"):
-            respondJSON(connection, status: 200, body: "{\"status\":\"ok\"}", keepAlive: keepAlive,
-                        headOnly: head.method == "HEAD")
+            respondJSON(connection, status: 200, body: "{\"status\":\"ok\"}", keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
-        case ("/echo", "POST"), ("/echo", "PUT"):
+        case ("/echo", "POST"):
             if head.expectsContinue {
                 connection.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
             }
-            let contentLength = head.headers.first(name: "content-length").flatMap { Int($0) }
+            // Chunked in, chunked out; otherwise the length is known up front (a request with
+            // neither header has an empty body, RFC 9112 6.3).
+            let chunked = head.headers.containsToken("chunked", in: "transfer-encoding")
             var headers: HTTPHeaders = [:]
             headers.add(name: "Content-Type", value: "application/octet-stream")
             headers.add(name: "Server", value: "tether")
-            if let contentLength {
-                headers.add(name: "Content-Length", value: String(contentLength))
-            } else {
+            if chunked {
                 headers.add(name: "Transfer-Encoding", value: "chunked")
+            } else {
+                let length = head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+                headers.add(name: "Content-Length", value: String(length))
             }
             if !keepAlive { headers.add(name: "Connection", value: "close") }
-            writeHead(HTTPResponseHead(status: 200, headers: headers), connection)
-            phase = .body(.echo(chunked: contentLength == nil, keepAlive: keepAlive))
+            deferredHead = HTTPResponseHead(status: 200, headers: headers)
+            phase = .body(.echo(chunked: chunked, keepAlive: keepAlive))
         case ("/ws/echo", "GET"):
             upgradeToWebSocket(head, connection)
         case ("/healthz", _), ("/echo", _), ("/ws/echo", _):
             respond(connection, status: 405, code: "METHOD_NOT_ALLOWED",
-                    message: "\(head.method) is not allowed on \(head.path)", keepAlive: keepAlive)
+                    message: "\(head.method) is not allowed on \(head.path)", keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
         default:
             respond(connection, status: 404, code: "NOT_FOUND", message: "no route for \(head.path)",
-                    keepAlive: keepAlive)
+                    keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
         }
     }
@@ -176,10 +214,9 @@ final class HTTPServerConnection: ConnectionHandler {
         do {
             key = try WebSocketHandshake.validateClientRequest(head).key
         } catch {
-            var extra: HTTPHeaders = [:]
-            if error.status == 426 { extra.add(name: "Sec-WebSocket-Version", value: "13") }
+            RelayStats.bump(context.stats.badRequests)
             respond(connection, status: error.status, code: error.code, message: error.reason,
-                    keepAlive: false, extraHeaders: extra)
+                    keepAlive: false, extraHeaders: error.responseHeaders)
             phase = .done
             connection.close(.graceful)
             return
@@ -194,27 +231,43 @@ final class HTTPServerConnection: ConnectionHandler {
         if !leftover.isEmpty {
             leftover.withUnsafeBytes { ws.connection(connection, didRead: $0) }
         }
+        if peerFinished { ws.connectionDidReadEOF(connection) }
     }
 
     // MARK: responses
 
     private func fail(_ connection: Connection, _ error: HTTPParseError) {
         RelayStats.bump(context.stats.badRequests)
+        deferredHead = nil
+        if responseStarted {
+            // A response is already on the wire: an error message would corrupt it. Close
+            // after what was sent, leaving the body unterminated, which clients see as failed.
+            phase = .done
+            connection.close(.graceful)
+            return
+        }
         phase = .done
         respond(connection, status: error.status, code: error.code, message: error.reason, keepAlive: false)
         connection.close(.graceful)
     }
 
+    private func writeDeferredHead(_ connection: Connection) {
+        guard let head = deferredHead else { return }
+        deferredHead = nil
+        writeHead(head, connection)
+    }
+
     private func writeHead(_ head: HTTPResponseHead, _ connection: Connection) {
+        responseStarted = true
         scratch.removeAll(keepingCapacity: true)
         head.encode(into: &scratch)
         connection.write(scratch)
     }
 
     private func respond(_ connection: Connection, status: Int, code: String, message: String,
-                         keepAlive: Bool, extraHeaders: HTTPHeaders = [:]) {
+                         keepAlive: Bool, headOnly: Bool = false, extraHeaders: HTTPHeaders = [:]) {
         respondJSON(connection, status: status, body: JSON.error(code: code, message: message),
-                    keepAlive: keepAlive, extraHeaders: extraHeaders)
+                    keepAlive: keepAlive, headOnly: headOnly, extraHeaders: extraHeaders)
     }
 
     private func respondJSON(_ connection: Connection, status: Int, body: String, keepAlive: Bool,
@@ -229,6 +282,7 @@ final class HTTPServerConnection: ConnectionHandler {
         HTTPResponseHead(status: status, headers: headers).encode(into: &scratch)
         if !headOnly { scratch.append(contentsOf: body.utf8) }
         connection.write(scratch)
+        responseStarted = true
     }
 }
 #endif
