@@ -32,6 +32,12 @@ struct Run: ParsableCommand {
     var wsMaxMessage = 16 * 1024 * 1024
     @Option(help: "Largest HTTP request body accepted, in bytes (bigger ones get 413).")
     var maxBodySize = 10 * 1024 * 1024
+    @Option(help: "Seconds a client has to send a complete request head (slow clients are cut).")
+    var headerTimeout = 30.0
+    @Option(help: "Seconds an idle keep-alive connection or a stalled request body is kept.")
+    var idleTimeout = 120.0
+    @Option(help: "Seconds a WebSocket connection may stay silent before it is closed.")
+    var wsIdleTimeout = 600.0
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -44,6 +50,9 @@ struct Run: ParsableCommand {
         if let workers, !(1...256).contains(workers) { throw ValidationError("--workers must be 1...256") }
         guard wsMaxMessage > 0 else { throw ValidationError("--ws-max-message must be positive") }
         guard maxBodySize >= 0 else { throw ValidationError("--max-body-size must not be negative") }
+        for (name, value) in [("--header-timeout", headerTimeout), ("--idle-timeout", idleTimeout), ("--ws-idle-timeout", wsIdleTimeout)] {
+            guard value > 0 && value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
+        }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level \(logLevel)") }
     }
 
@@ -65,6 +74,9 @@ struct Run: ParsableCommand {
         if let workers { configuration.workers = workers }
         configuration.webSocketMaxMessage = wsMaxMessage
         configuration.httpLimits.maxBodySize = maxBodySize
+        configuration.headerTimeoutMilliseconds = UInt64(headerTimeout * 1000)
+        configuration.idleTimeoutMilliseconds = UInt64(idleTimeout * 1000)
+        configuration.webSocketIdleTimeoutMilliseconds = UInt64(wsIdleTimeout * 1000)
 
         // Signals are taken synchronously by this thread (sigwait); workers inherit the mask.
         signal(SIGPIPE, SIG_IGN)
