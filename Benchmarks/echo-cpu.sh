@@ -21,6 +21,9 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 REPEATS=${REPEATS:-3}
 THREADS_LIST=${THREADS_LIST:-"1 2"}
+# RATE=N: open loop, N messages/s in total (paced by the driver), so both servers carry the
+# same load; empty: closed loop (as fast as echoes come back).
+RATE=${RATE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 DRIVER_CPU=${DRIVER_CPU:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -72,6 +75,7 @@ run_one() {  # SERVER THREADS REP
 
     local pidflag=()
     [ "$DRIVER_HAS_PID" = 1 ] && pidflag=(--server-pid "$SERVER_PID")
+    [ -n "$RATE" ] && pidflag+=(--rate "$RATE")
     local rc=0 driver
     taskset -c "$DRIVER_CPU" "$LOADTEST" echo --target "127.0.0.1:$port" --connections "$CONNECTIONS" \
         --message-size "$MESSAGE_SIZE" --duration "$DURATION" --warmup "$WARMUP" "${pidflag[@]}" \
@@ -157,7 +161,7 @@ print("""${MACHINE}""")
 print()
 print("## Setup")
 print()
-print("- ${CONNECTIONS} connections, closed-loop ping-pong of ${MESSAGE_SIZE}-byte messages, ${WARMUP} s warmup + ${DURATION} s measured, ${REPEATS} runs per configuration alternating which server goes first; medians below.")
+print("- ${CONNECTIONS} connections, " + ("open loop at ${RATE} messages/s in total (driver-paced), " if "${RATE}" else "closed-loop ping-pong, ") + "${MESSAGE_SIZE}-byte messages, ${WARMUP} s warmup + ${DURATION} s measured, ${REPEATS} runs per configuration alternating which server goes first; medians below.")
 print("- Server pinned to CPU ${SERVER_CPU}, load driver pinned to CPU ${DRIVER_CPU} (with 2 threads, both server threads share CPU ${SERVER_CPU}).")
 src = {r["cpu_source"] for r in runs if r["ok"]}
 print("- Server CPU = utime+stime from /proc/PID/stat over the measured window, " +
@@ -173,7 +177,7 @@ print("swift build -c release --product tether-loadtest")
 print("taskset -c ${SERVER_CPU} Benchmarks/.build/release/echo-server-tether --port 0 --workers N")
 print("taskset -c ${SERVER_CPU} Benchmarks/.build/release/echo-server-nio --port 0 --threads N")
 pid = " --server-pid PID" if "${DRIVER_HAS_PID}" == "1" else ""
-print(f"taskset -c ${DRIVER_CPU} .build/release/tether-loadtest echo --target 127.0.0.1:PORT --connections ${CONNECTIONS} --message-size ${MESSAGE_SIZE} --duration ${DURATION} --warmup ${WARMUP}{pid} --json OUT.json")
+print(f"taskset -c ${DRIVER_CPU} .build/release/tether-loadtest echo --target 127.0.0.1:PORT --connections ${CONNECTIONS} --message-size ${MESSAGE_SIZE} --duration ${DURATION} --warmup ${WARMUP}{pid}" + (" --rate ${RATE}" if "${RATE}" else "") + " --json OUT.json")
 print("\`\`\`")
 print()
 print("## Results (medians)")

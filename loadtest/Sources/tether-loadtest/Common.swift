@@ -9,6 +9,8 @@ final class WorkerCounters: Sendable {
     let established = Atomic<UInt64>(0)
     let closed = Atomic<UInt64>(0)
     let failedConnects = Atomic<UInt64>(0)
+    /// Open-loop sends that found no idle connection (the server fell behind the rate).
+    let missed = Atomic<UInt64>(0)
 
     @inline(__always)
     static func bump(_ a: borrowing Atomic<UInt64>, by n: UInt64 = 1) {
@@ -22,6 +24,7 @@ struct Totals {
     var established: UInt64 = 0
     var closed: UInt64 = 0
     var failedConnects: UInt64 = 0
+    var missed: UInt64 = 0
 
     init(_ counters: [WorkerCounters]) {
         for c in counters {
@@ -30,6 +33,7 @@ struct Totals {
             established += c.established.load(ordering: .relaxed)
             closed += c.closed.load(ordering: .relaxed)
             failedConnects += c.failedConnects.load(ordering: .relaxed)
+            missed += c.missed.load(ordering: .relaxed)
         }
     }
 }

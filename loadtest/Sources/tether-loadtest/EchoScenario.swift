@@ -6,22 +6,27 @@ import TetherIO
 /// before sending the next. Used to compare the server's CPU per message across servers.
 final class EchoClient: ConnectionHandler {
     let counters: WorkerCounters
+    /// In fixed-rate mode the pacer decides when the next message goes out.
+    let pacer: EchoPacer?
+    var connection: Connection?
     var message: [UInt8]
     var received = 0
     var sequence: UInt8 = 0
     var inbox: [UInt8] = []
 
-    init(size: Int, counters: WorkerCounters) {
+    init(size: Int, counters: WorkerCounters, pacer: EchoPacer?) {
         self.counters = counters
+        self.pacer = pacer
         self.message = [UInt8](repeating: 0x61, count: max(1, size))
     }
 
     func connectionDidOpen(_ connection: Connection) {
         WorkerCounters.bump(counters.established)
-        send(connection)
+        self.connection = connection
+        if let pacer { pacer.idle.append(self) } else { send(connection) }
     }
 
-    private func send(_ connection: Connection) {
+    func send(_ connection: Connection) {
         sequence &+= 1
         message[0] = sequence
         received = 0
@@ -48,12 +53,13 @@ final class EchoClient: ConnectionHandler {
                     connection.close()
                     return
                 }
-                send(connection)
+                if let pacer { pacer.idle.append(self) } else { send(connection) }
             }
         }
     }
 
     func connectionDidClose(_ connection: Connection, error: IOError?) {
+        self.connection = nil
         if let error, !EchoScenario.stop.load(ordering: .relaxed) {
             if error.operation == "connect" || connection.fileDescriptor < 0 {
                 WorkerCounters.bump(counters.failedConnects)
@@ -62,6 +68,54 @@ final class EchoClient: ConnectionHandler {
             }
         }
         WorkerCounters.bump(counters.closed)
+    }
+}
+
+/// Open-loop pacing: every 10 ms a worker sends its share of `rate` messages, each on a
+/// connection whose previous echo has come back. Both servers then carry the same load, so CPU
+/// per message compares like with like (closed loop lets the faster server run less batched).
+final class EchoPacer {
+    let loop: EventLoop
+    let perSecond: Double
+    var idle: [EchoClient] = []
+    var next = 0
+    var budget = 0.0
+    var last: Double
+    let counters: WorkerCounters
+
+    init(loop: EventLoop, perSecond: Double, counters: WorkerCounters) {
+        self.loop = loop
+        self.perSecond = perSecond
+        self.counters = counters
+        self.last = monotonicSeconds()
+    }
+
+    func start() {
+        loop.schedule(afterMilliseconds: 10) { [self] in tick() }
+    }
+
+    private func tick() {
+        guard !EchoScenario.stop.load(ordering: .relaxed) else { return }
+        let now = monotonicSeconds()
+        budget += (now - last) * perSecond
+        last = now
+        while budget >= 1 && next < idle.count {
+            let client = idle[next]
+            next += 1
+            budget -= 1
+            if let c = client.connection { client.send(c) }
+        }
+        // Compact the queue of idle connections without reallocating every tick.
+        if next > 0 {
+            idle.removeSubrange(0..<next)
+            next = 0
+        }
+        if budget >= 1 {
+            let lost = UInt64(budget)
+            WorkerCounters.bump(counters.missed, by: lost)
+            budget -= Double(lost)
+        }
+        loop.schedule(afterMilliseconds: 10) { [self] in tick() }
     }
 }
 
@@ -76,6 +130,7 @@ enum EchoScenario {
         var warmup: Double
         var workers: Int
         var serverPID: Int32?
+        var rate: Int?
         var json: String?
     }
 
@@ -90,10 +145,13 @@ enum EchoScenario {
             let target = o.target
             let size = o.messageSize
             let c = counters[i]
+            let rate = o.rate.map { Double($0) / Double(o.workers) }
             handle.execute { loop in
+                let pacer = rate.map { EchoPacer(loop: loop, perSecond: $0, counters: c) }
                 for _ in 0..<share {
-                    loop.connect(to: target, handler: EchoClient(size: size, counters: c))
+                    loop.connect(to: target, handler: EchoClient(size: size, counters: c, pacer: pacer))
                 }
+                pacer?.start()
             }
         }
         let start = monotonicSeconds()
@@ -130,13 +188,17 @@ enum EchoScenario {
         report.set("messages", messages)
         report.set("messages_per_second", Double(messages) / seconds)
         report.set("errors", final.errors)
+        if let rate = o.rate {
+            report.set("target_rate", rate)
+            report.set("missed_sends", final.missed)
+        }
         report.set("failed_connects", final.failedConnects)
         if let a = cpuBefore, let b = cpuAfter {
             report.set("server_cpu_seconds", b - a)
             report.set("server_cpu_us_per_message", messages > 0 ? (b - a) * 1e6 / Double(messages) : .nan)
         }
         print("""
-        echo: \(o.connections) connections, \(o.messageSize) B messages, \(format1(seconds)) s measured
+        echo: \(o.connections) connections, \(o.messageSize) B messages, \(format1(seconds)) s measured\(o.rate.map { ", open loop at \($0)/s" } ?? ", closed loop")
           messages:      \(messages)  (\(format1(Double(messages) / seconds)) /s)
           errors:        \(final.errors)   failed connects: \(final.failedConnects)
         """)

@@ -20,13 +20,18 @@ struct Echo: ParsableCommand {
     @Option(help: "Seconds before measuring.") var warmup = 2.0
     @Option(help: "Driver worker threads.") var workers = 1
     @Option(help: "Server process id: its CPU time over the measured window is reported.") var serverPid: Int32?
+    @Option(help: "Open loop: total messages per second, paced every 10 ms (default: closed loop, as fast as echoes return).") var rate: Int?
     @Option(help: "Write the results as JSON to this file.") var json: String?
+
+    func validate() throws {
+        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+    }
 
     func run() throws {
         raiseFileLimit()
         try EchoScenario.run(.init(target: try parseLoopbackTarget(target), connections: connections,
                                    messageSize: messageSize, duration: duration, warmup: warmup,
-                                   workers: max(1, workers), serverPID: serverPid, json: json))
+                                   workers: max(1, workers), serverPID: serverPid, rate: rate, json: json))
     }
 }
 
