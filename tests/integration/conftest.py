@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,16 @@ CRASH_PATTERNS = re.compile(
 _ALL_PROCS: list[subprocess.Popen] = []
 
 
+_OWN_BASETEMP: str | None = None
+
+
 def pytest_configure(config):
+    # A private base temp dir per session: concurrent pytest runs on one machine otherwise share
+    # /tmp/pytest-of-$USER and can delete each other's tmp_path directories mid-run.
+    global _OWN_BASETEMP
+    if not config.option.basetemp and not hasattr(config, "workerinput"):
+        _OWN_BASETEMP = tempfile.mkdtemp(prefix="tether-it-")
+        config.option.basetemp = _OWN_BASETEMP
     # Raise the fd soft limit to the hard limit (inherited by the relay we spawn).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -62,6 +72,11 @@ def pytest_sessionfinish(session, exitstatus):
         if p.poll() is None:
             p.kill()
             p.wait(5)
+
+
+def pytest_unconfigure(config):
+    if _OWN_BASETEMP:
+        shutil.rmtree(_OWN_BASETEMP, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

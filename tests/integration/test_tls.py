@@ -113,12 +113,23 @@ def test_tls_errors_and_echo(tls_relay, certs):
         resp = r.read_response()
         assert resp.status == 404 and resp.json()["error"]["code"] == "NOT_FOUND"
         if not resp.has_token("connection", "close"):
-            # write the body in pieces while reading: a streaming echo must not deadlock
-            import threading
-            t = threading.Thread(target=s.sendall, args=(echo_request(body),), daemon=True)
-            t.start()
+            # An SSLSocket must not be read and written from two threads at once: interleave
+            # writing pieces with draining what the streaming echo has sent back so far.
+            data = echo_request(body)
+            for off in range(0, len(data), 16384):
+                s.settimeout(10)
+                s.sendall(data[off:off + 16384])
+                s.settimeout(0)
+                try:
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        r.buf += chunk
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    pass
+            s.settimeout(30)
             resp = r.read_response("POST")
-            t.join(30)
             assert resp.status == 200 and resp.body == body
 
 
@@ -212,7 +223,7 @@ def test_wss_concurrent(tls_relay, certs):
 # -------------------------------------------------------------------------------------------
 
 
-def wait_for_cert(relay, certs, expected, timeout=5.0):
+def wait_for_cert(relay, certs, expected, timeout=10.0):
     deadline = time.monotonic() + timeout
     der = cn = None
     while time.monotonic() < deadline:
