@@ -283,22 +283,9 @@ final class IndexRecordingEcho: ConnectionHandler {
 extension EventLoopTests {
     func testConnectionHandOffToAnotherWorkerKeepsEveryByte() throws {
         let seen = Box<[Int]>([])
-        var config = IOConfiguration()
-        config.workers = 2
-        let group = try EventLoopGroup(configuration: config)
-        var fds: [Int32] = []
-        var address = SocketAddress(host: "127.0.0.1", port: 0)!
-        for _ in 0..<2 {
-            let l = try Socket.listen(on: address)
-            fds.append(l.fd)
-            address = l.address
-        }
-        let listenFDs = fds
-        let handles = group.handles
-        try group.start { loop in
-            loop.startAccepting(listenFD: listenFDs[loop.index]) { _ in HandOffAcceptor(targets: handles, seen: seen) }
-        }
-        defer { group.shutdown() }
+        let server = try TestServer.start(workers: 2) { handles in HandOffAcceptor(targets: handles, seen: seen) }
+        let address = server.address
+        defer { server.group.shutdown() }
         var rng = SplitMix64(state: 99)
         for _ in 0..<20 {
             let fd = connectBlocking(to: address)

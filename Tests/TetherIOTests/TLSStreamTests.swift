@@ -191,22 +191,9 @@ extension TLSStreamTests {
         defer { pki.remove() }
         let box = TLSContextBox(try TLSContext(configuration: .server(certificateChainFile: pki.cert("A"), privateKeyFile: pki.key("A"))))
         let seen = Box<[Int]>([])
-        var config = IOConfiguration()
-        config.workers = 2
-        let group = try EventLoopGroup(configuration: config)
-        var fds: [Int32] = []
-        var address = SocketAddress(host: "127.0.0.1", port: 0)!
-        for _ in 0..<2 {
-            let l = try Socket.listen(on: address)
-            fds.append(l.fd)
-            address = l.address
-        }
-        let listenFDs = fds
-        let handles = group.handles
-        try group.start { loop in
-            loop.startAccepting(listenFD: listenFDs[loop.index], tls: box) { _ in HandOffAcceptor(targets: handles, seen: seen) }
-        }
-        defer { group.shutdown() }
+        let server = try TestServer.start(workers: 2, tls: box) { handles in HandOffAcceptor(targets: handles, seen: seen) }
+        let address = server.address
+        defer { server.group.shutdown() }
         let client = try TLSContext(configuration: .client(trustRootsFile: pki.ca))
         let clients = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
         try clients.start { _ in }

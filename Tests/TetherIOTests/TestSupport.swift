@@ -84,6 +84,13 @@ struct TestServer {
     static func start(workers: Int = 2, configure: (inout IOConfiguration) -> Void = { _ in },
                       tls: TLSContextBox? = nil,
                       makeHandler: @escaping @Sendable () -> any ConnectionHandler) throws -> TestServer {
+        try start(workers: workers, configure: configure, tls: tls) { _ in makeHandler() }
+    }
+
+    /// As above; `makeHandler` also gets every worker's handle (for hand-off tests).
+    static func start(workers: Int = 2, configure: (inout IOConfiguration) -> Void = { _ in },
+                      tls: TLSContextBox? = nil,
+                      makeHandler: @escaping @Sendable ([EventLoopHandle]) -> any ConnectionHandler) throws -> TestServer {
         var config = IOConfiguration()
         config.workers = workers
         configure(&config)
@@ -96,8 +103,9 @@ struct TestServer {
             address = l.address
         }
         let listenFDs = fds
+        let handles = group.handles
         try group.start { loop in
-            loop.startAccepting(listenFD: listenFDs[loop.index], tls: tls) { _ in makeHandler() }
+            loop.startAccepting(listenFD: listenFDs[loop.index], tls: tls) { _ in makeHandler(handles) }
         }
         return TestServer(group: group, address: address)
     }
