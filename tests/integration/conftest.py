@@ -30,7 +30,7 @@ LOG_LEVEL = os.environ.get("TETHER_TEST_LOG_LEVEL", "info")
 # Markers of a crashed Swift / C process in stderr.
 CRASH_PATTERNS = re.compile(
     r"Fatal error|Segmentation fault|Illegal instruction|Program crashed|Current stack trace|"
-    r"AddressSanitizer|ThreadSanitizer|double free|corrupted|Assertion failed|SIGSEGV|SIGABRT|SIGILL|SIGBUS"
+    r"AddressSanitizer|LeakSanitizer|ThreadSanitizer|double free|corrupted|Assertion failed|SIGSEGV|SIGABRT|SIGILL|SIGBUS"
 )
 
 _ALL_PROCS: list[subprocess.Popen] = []
