@@ -18,7 +18,9 @@ final class BufferRing {
     var recycledSinceCheck = 0
 
     init(uring: UnsafeMutablePointer<io_uring>, count: Int, bufferSize: Int, group: UInt16) throws(IOError) {
-        precondition(count > 0 && count & (count - 1) == 0 && count <= 32768, "buffer count must be a power of two")
+        guard count > 0 && count & (count - 1) == 0 && count <= 32768, bufferSize > 0 else {
+            throw IOError(errno: EINVAL, operation: "receive buffers: count must be a power of two up to 32768")
+        }
         self.group = group
         self.count = count
         self.bufferSize = bufferSize

@@ -23,8 +23,8 @@ struct ByteQueue: ~Copyable {
     mutating func append(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0, let src = bytes.baseAddress else { return }
         reserve(bytes.count)
-        // reserve() guarantees base is non-nil here.
-        (base! + writeIndex).copyMemory(from: src, byteCount: bytes.count)
+        guard let base else { return }
+        (base + writeIndex).copyMemory(from: src, byteCount: bytes.count)
         writeIndex += bytes.count
     }
 
