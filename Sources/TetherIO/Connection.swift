@@ -132,9 +132,8 @@ public final class Connection {
 
     func moveCiphertext() {
         guard let tls, tls.hasOutboundCiphertext, state != .aborting, state != .closed else { return }
-        tls.takeOutboundCiphertext(into: &loop.tlsScratch)
-        loop.tlsScratch.withUnsafeBytes { pending.append($0) }
-        loop.tlsScratch.removeAll(keepingCapacity: true)
+        // The engine hands its buffer over; the only copy is into the send queue.
+        tls.takeOutboundCiphertext().withUnsafeBytes { pending.append($0) }
         loop.queueFlush(self)
     }
 

@@ -54,7 +54,6 @@ public final class EventLoop {
     /// Plaintext scratch buffers for TLS reads, one per callback nesting level.
     private var plaintextScratch: [UnsafeMutableRawBufferPointer] = []
     private var plaintextDepth = 0
-    var tlsScratch: [UInt8] = []
 
     init(index: Int, configuration: IOConfiguration, mailbox: Mailbox, stats: IOStats) throws(IOError) {
         self.index = index
@@ -273,24 +272,6 @@ public final class EventLoop {
         let i = Int(slot)
         guard i >= 0, i < connections.count, generations[i] == generation & 0xFF_FFFF else { return nil }
         return connections[i]
-    }
-
-    /// Adopts an already-connected socket.
-    public func adopt(fd: Int32, tls: TLSContext? = nil, handler: any ConnectionHandler) {
-        guard !stopping, !ringClosed else {
-            Glibc.close(fd)
-            return
-        }
-        let c = register(fd: fd, state: .open)
-        c.handler = handler
-        if let tls {
-            do { c.tls = try TLSConnection(context: tls) } catch {
-                c.abort(IOError(errno: EPROTO, operation: "tls: \(error)"))
-                return
-            }
-        }
-        armRecv(c)
-        handler.connectionDidOpen(c)
     }
 
     /// Opens an outbound connection (client mode). The handler hears `connectionDidOpen` or,

@@ -36,6 +36,15 @@ public final class IOStats: Sendable {
     public init() {}
 }
 
+extension Atomic where Value == UInt64 {
+    /// Adds to a counter that only one thread writes (its worker): a relaxed load and store,
+    /// no locked read-modify-write on the data path. Readers on other threads see it promptly.
+    @inline(__always)
+    public func addFromOwner(_ n: UInt64 = 1) {
+        store(load(ordering: .relaxed) &+ n, ordering: .relaxed)
+    }
+}
+
 /// Holds the TLS context new connections use; a reload swaps it without touching established
 /// connections (each keeps a reference to the context it started with).
 public final class TLSContextBox: Sendable {

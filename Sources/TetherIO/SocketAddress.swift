@@ -159,6 +159,25 @@ public enum Socket {
         return (fd, SocketAddress.local(of: fd) ?? address)
     }
 
+    /// One SO_REUSEPORT listening socket per worker, all on the same port (port 0 picks a free
+    /// one for the first and the others join it). On failure none is left open.
+    public static func listen(on address: SocketAddress, count: Int,
+                              backlog: Int32 = 4096) throws(IOError) -> (fds: [Int32], address: SocketAddress) {
+        var fds: [Int32] = []
+        var bound = address
+        do {
+            for _ in 0..<Swift.max(1, count) {
+                let l = try listen(on: bound, backlog: backlog, reusePort: true)
+                fds.append(l.fd)
+                bound = l.address
+            }
+        } catch {
+            for fd in fds { Glibc.close(fd) }
+            throw error
+        }
+        return (fds, bound)
+    }
+
     /// Creates an unconnected client socket, optionally bound to a local source address (the
     /// load driver spreads connections over 127.0.0.x sources to pass the ephemeral-port limit).
     static func makeClient(for remote: SocketAddress, source: SocketAddress?) throws(IOError) -> Int32 {

@@ -70,7 +70,7 @@ final class HTTPServerConnection: ConnectionHandler {
     }
 
     func connectionDeadlineExpired(_ connection: Connection) {
-        RelayStats.bump(context.stats.deadlineExpirations)
+        context.stats.deadlineExpirations.addFromOwner()
         switch phase {
         case .awaitingHead where decoder.bufferedByteCount > 0:
             phase = .done
@@ -169,7 +169,7 @@ final class HTTPServerConnection: ConnectionHandler {
     }
 
     private func handleHead(_ head: HTTPRequestHead, _ connection: Connection) {
-        RelayStats.bump(context.stats.requests)
+        context.stats.requests.addFromOwner()
         connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
         let keepAlive = head.isKeepAlive
         let headOnly = head.method == "HEAD"
@@ -214,14 +214,14 @@ final class HTTPServerConnection: ConnectionHandler {
         do {
             key = try WebSocketHandshake.validateClientRequest(head).key
         } catch {
-            RelayStats.bump(context.stats.badRequests)
+            context.stats.badRequests.addFromOwner()
             respond(connection, status: error.status, code: error.code, message: error.reason,
                     keepAlive: false, extraHeaders: error.responseHeaders)
             phase = .done
             connection.close(.graceful)
             return
         }
-        RelayStats.bump(context.stats.webSocketUpgrades)
+        context.stats.webSocketUpgrades.addFromOwner()
         writeHead(WebSocketHandshake.serverResponse(key: key), connection)
         let leftover = decoder.takeBufferedBytes()
         phase = .done
@@ -237,7 +237,7 @@ final class HTTPServerConnection: ConnectionHandler {
     // MARK: responses
 
     private func fail(_ connection: Connection, _ error: HTTPParseError) {
-        RelayStats.bump(context.stats.badRequests)
+        context.stats.badRequests.addFromOwner()
         deferredHead = nil
         if responseStarted {
             // A response is already on the wire: an error message would corrupt it. Close

@@ -69,27 +69,20 @@ public final class Relay: Sendable {
         guard let httpAddress = SocketAddress(host: configuration.host, port: configuration.port) else {
             throw RelayError.invalidAddress("\(configuration.host):\(configuration.port)")
         }
-        var httpFDs: [Int32] = []
+        let workers = group.handles.count
+        let (httpFDs, httpBound) = try Socket.listen(on: httpAddress, count: workers)
         var tlsFDs: [Int32] = []
-        var httpBound = httpAddress
         var tlsBound: SocketAddress?
-        do {
-            for _ in group.handles {
-                let l = try Socket.listen(on: httpBound)
-                httpFDs.append(l.fd)
-                httpBound = l.address
-                if let tlsPort = configuration.tlsPort {
-                    guard let want = tlsBound ?? SocketAddress(host: configuration.host, port: tlsPort) else {
-                        throw RelayError.invalidAddress("\(configuration.host):\(tlsPort)")
-                    }
-                    let t = try Socket.listen(on: want)
-                    tlsFDs.append(t.fd)
-                    tlsBound = t.address
+        if let tlsPort = configuration.tlsPort {
+            do {
+                guard let want = SocketAddress(host: configuration.host, port: tlsPort) else {
+                    throw RelayError.invalidAddress("\(configuration.host):\(tlsPort)")
                 }
+                (tlsFDs, tlsBound) = try Socket.listen(on: want, count: workers)
+            } catch {
+                for fd in httpFDs { close(fd) }
+                throw error
             }
-        } catch {
-            for fd in httpFDs + tlsFDs { close(fd) }
-            throw error
         }
         bound.withLock { $0 = (httpBound, tlsBound) }
         let configuration = self.configuration

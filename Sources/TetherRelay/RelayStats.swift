@@ -7,12 +7,6 @@ public final class RelayStats: Sendable {
     public let badRequests = Atomic<UInt64>(0)
     public let webSocketUpgrades = Atomic<UInt64>(0)
     public let webSocketProtocolErrors = Atomic<UInt64>(0)
-    public let tlsFailures = Atomic<UInt64>(0)
     public let deadlineExpirations = Atomic<UInt64>(0)
     public init() {}
-
-    @inline(__always)
-    static func bump(_ counter: borrowing Atomic<UInt64>) {
-        counter.store(counter.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
-    }
 }

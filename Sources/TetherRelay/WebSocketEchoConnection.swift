@@ -33,7 +33,7 @@ final class WebSocketEchoConnection: ConnectionHandler {
     }
 
     func connectionDeadlineExpired(_ connection: Connection) {
-        RelayStats.bump(context.stats.deadlineExpirations)
+        context.stats.deadlineExpirations.addFromOwner()
         socket.close(code: .goingAway, reason: "idle timeout")
         flush(connection)
         connection.close(.graceful)
@@ -55,7 +55,7 @@ final class WebSocketEchoConnection: ConnectionHandler {
             case .ping, .pong, .close:
                 break
             case .protocolError:
-                RelayStats.bump(context.stats.webSocketProtocolErrors)
+                context.stats.webSocketProtocolErrors.addFromOwner()
             }
             flush(connection)
         }

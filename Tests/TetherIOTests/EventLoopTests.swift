@@ -408,3 +408,25 @@ extension EventLoopTests {
                       "server still holds the connection long after the linger deadline")
     }
 }
+
+extension EventLoopTests {
+    /// Stopping the listeners refuses new connections while established ones keep working.
+    func testStopAcceptingRefusesNewConnectionsAndKeepsOldOnes() throws {
+        let server = try TestServer.start(workers: 2) { EchoHandler() }
+        defer { server.group.shutdown() }
+        let old = connectBlocking(to: server.address)
+        defer { close(old) }
+        XCTAssertGreaterThanOrEqual(old, 0)
+        for handle in server.group.handles { handle.execute { $0.stopAccepting() } }
+        XCTAssertTrue(waitUntil(timeout: 10) {
+            let fd = connectBlocking(to: server.address)
+            if fd >= 0 { close(fd) }
+            return fd < 0
+        }, "listeners still accept after stopAccepting")
+        XCTAssertEqual(send(old, "ping", 4, 0), 4)
+        var buf = [UInt8](repeating: 0, count: 8)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(old, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        XCTAssertEqual(recv(old, &buf, buf.count, 0), 4)
+    }
+}

@@ -95,14 +95,7 @@ struct TestServer {
         config.workers = workers
         configure(&config)
         let group = try EventLoopGroup(configuration: config)
-        var fds: [Int32] = []
-        var address = SocketAddress(host: "127.0.0.1", port: 0)!
-        for _ in 0..<workers {
-            let l = try Socket.listen(on: address)
-            fds.append(l.fd)
-            address = l.address
-        }
-        let listenFDs = fds
+        let (listenFDs, address) = try Socket.listen(on: SocketAddress(host: "127.0.0.1", port: 0)!, count: workers)
         let handles = group.handles
         try group.start { loop in
             loop.startAccepting(listenFD: listenFDs[loop.index], tls: tls) { _ in makeHandler(handles) }

@@ -63,20 +63,11 @@ sigaddset(&signals, SIGTERM)
 pthread_sigmask(SIG_BLOCK, &signals, nil)
 
 do {
-    // One listening socket per worker on the same port: the first binds the requested port
-    // (possibly 0 = any), the others reuse the port it got.
-    var fds: [Int32] = []
-    var bound = requested
-    for i in 0..<workers {
-        let target = i == 0 ? requested : (SocketAddress(host: host, port: Int(bound.port)) ?? requested)
-        let (fd, address) = try Socket.listen(on: target)
-        if i == 0 { bound = address }
-        fds.append(fd)
-    }
+    // One listening socket per worker on the same port (0 = any free one).
+    let (listenFDs, bound) = try Socket.listen(on: requested, count: workers)
     var configuration = IOConfiguration()
     configuration.workers = workers
     let group = try EventLoopGroup(configuration: configuration)
-    let listenFDs = fds
     try group.start { loop in
         loop.startAccepting(listenFD: listenFDs[loop.index]) { _ in Echo() }
     }
