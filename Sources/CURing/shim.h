@@ -19,25 +19,13 @@
 #include <sched.h>
 #include <liburing.h>
 
-static const unsigned TETHER_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT;
-static const unsigned TETHER_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS;
 static const unsigned TETHER_CQE_F_BUFFER = IORING_CQE_F_BUFFER;
 static const unsigned TETHER_CQE_F_MORE = IORING_CQE_F_MORE;
 static const unsigned TETHER_CQE_BUFFER_SHIFT = IORING_CQE_BUFFER_SHIFT;
 static const unsigned TETHER_SETUP_SINGLE_ISSUER = IORING_SETUP_SINGLE_ISSUER;
 static const unsigned TETHER_SETUP_DEFER_TASKRUN = IORING_SETUP_DEFER_TASKRUN;
-static const unsigned TETHER_SETUP_COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
 static const unsigned TETHER_SETUP_SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
 static const unsigned TETHER_SETUP_CQSIZE = IORING_SETUP_CQSIZE;
-
-static inline void tether_sqe_set_buffer_select(struct io_uring_sqe *sqe, unsigned short group) {
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = group;
-}
-
-static inline void tether_sqe_add_flags(struct io_uring_sqe *sqe, unsigned flags) {
-    sqe->flags |= (unsigned char)flags;
-}
 
 static inline int tether_errno(void) { return errno; }
 

@@ -11,11 +11,6 @@ final class WorkerCounters: Sendable {
     let failedConnects = Atomic<UInt64>(0)
     /// Open-loop sends that found no idle connection (the server fell behind the rate).
     let missed = Atomic<UInt64>(0)
-
-    @inline(__always)
-    static func bump(_ a: borrowing Atomic<UInt64>, by n: UInt64 = 1) {
-        a.store(a.load(ordering: .relaxed) &+ n, ordering: .relaxed)
-    }
 }
 
 struct Totals {
@@ -66,6 +61,11 @@ func parseLoopbackTarget(_ text: String) throws -> SocketAddress {
 func sourceAddresses(count: Int) -> [SocketAddress?] {
     guard count > 1 else { return [nil] }
     return (0..<count).compactMap { SocketAddress(host: "127.0.0.\(2 + $0)", port: 0) }
+}
+
+/// Worker `index`'s part of `total` items spread evenly over `workers`.
+func evenShare(_ total: Int, worker index: Int, of workers: Int) -> Int {
+    total / workers + (index < total % workers ? 1 : 0)
 }
 
 func monotonicSeconds() -> Double {
@@ -138,36 +138,14 @@ struct JSONReport {
         fields.append((key, value.isFinite ? String(value) : "null"))
     }
     mutating func set(_ key: String, _ value: String) {
-        let escaped = value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        fields.append((key, "\"\(escaped)\""))
+        var escaped = "\""
+        for c in value {
+            if c == "\"" || c == "\\" { escaped.append("\\") }
+            escaped.append(c)
+        }
+        fields.append((key, escaped + "\""))
     }
     var text: String {
         "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}\n"
-    }
-}
-
-extension String {
-    func replacingOccurrences(of target: String, with replacement: String) -> String {
-        guard !target.isEmpty else { return self }
-        var out = ""
-        var rest = Substring(self)
-        while let range = rest.range(of: target) {
-            out += rest[..<range.lowerBound]
-            out += replacement
-            rest = rest[range.upperBound...]
-        }
-        return out + rest
-    }
-}
-
-extension Substring {
-    func range(of target: String) -> Range<Index>? {
-        guard !target.isEmpty, count >= target.count else { return nil }
-        var i = startIndex
-        while i < endIndex {
-            if self[i...].hasPrefix(target) { return i..<index(i, offsetBy: target.count) }
-            i = index(after: i)
-        }
-        return nil
     }
 }

@@ -21,7 +21,7 @@ final class EchoClient: ConnectionHandler {
     }
 
     func connectionDidOpen(_ connection: Connection) {
-        WorkerCounters.bump(counters.established)
+        counters.established.addFromOwner()
         self.connection = connection
         if let pacer { pacer.idle.append(self) } else { send(connection) }
     }
@@ -44,11 +44,11 @@ final class EchoClient: ConnectionHandler {
                 guard let base = expected.baseAddress else { return false }
                 return memcmp(base + received, source + offset, take) == 0
             }
-            if !same { WorkerCounters.bump(counters.errors) }
+            if !same { counters.errors.addFromOwner() }
             offset += take
             received += take
             if received == message.count {
-                WorkerCounters.bump(counters.messages)
+                counters.messages.addFromOwner()
                 if EchoScenario.stop.load(ordering: .relaxed) {
                     connection.close()
                     return
@@ -62,12 +62,12 @@ final class EchoClient: ConnectionHandler {
         self.connection = nil
         if let error, !EchoScenario.stop.load(ordering: .relaxed) {
             if error.operation == "connect" || connection.fileDescriptor < 0 {
-                WorkerCounters.bump(counters.failedConnects)
+                counters.failedConnects.addFromOwner()
             } else {
-                WorkerCounters.bump(counters.errors)
+                counters.errors.addFromOwner()
             }
         }
-        WorkerCounters.bump(counters.closed)
+        counters.closed.addFromOwner()
     }
 }
 
@@ -112,7 +112,7 @@ final class EchoPacer {
         }
         if budget >= 1 {
             let lost = UInt64(budget)
-            WorkerCounters.bump(counters.missed, by: lost)
+            counters.missed.addFromOwner(lost)
             budget -= Double(lost)
         }
         loop.schedule(afterMilliseconds: 10) { [self] in tick() }
@@ -141,7 +141,7 @@ enum EchoScenario {
         let counters = (0..<o.workers).map { _ in WorkerCounters() }
         try group.start { _ in }
         for (i, handle) in group.handles.enumerated() {
-            let share = o.connections / o.workers + (i < o.connections % o.workers ? 1 : 0)
+            let share = evenShare(o.connections, worker: i, of: o.workers)
             let target = o.target
             let size = o.messageSize
             let c = counters[i]

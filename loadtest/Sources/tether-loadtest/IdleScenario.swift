@@ -60,7 +60,7 @@ final class IdleClient: ConnectionHandler {
             done = true
             worker.handshakeFinished(ok: false)
         }
-        WorkerCounters.bump(worker.counters.closed)
+        worker.counters.closed.addFromOwner()
     }
 }
 
@@ -105,7 +105,7 @@ final class IdleWorker {
 
     func handshakeFinished(ok: Bool) {
         inFlight -= 1
-        if ok { WorkerCounters.bump(counters.established) } else { WorkerCounters.bump(counters.failedConnects) }
+        if ok { counters.established.addFromOwner() } else { counters.failedConnects.addFromOwner() }
         startMore()
     }
 
@@ -142,7 +142,7 @@ enum IdleScenario {
         let workers = (0..<o.workers).map { _ in LoopLocal<IdleWorker?>(nil) }
         let start = monotonicSeconds()
         for (i, handle) in group.handles.enumerated() {
-            let share = o.connections / o.workers + (i < o.connections % o.workers ? 1 : 0)
+            let share = evenShare(o.connections, worker: i, of: o.workers)
             let c = counters[i]
             let slot = workers[i]
             let (target, path, concurrency) = (o.target, o.path, o.concurrency)
