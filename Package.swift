@@ -9,13 +9,20 @@ let package = Package(
     products: [
         .executable(name: "tether-relay", targets: ["tether-relay"]),
         .executable(name: "tether-loadtest", targets: ["tether-loadtest"]),
+        .executable(name: "tether-bridge", targets: ["tether-bridge"]),
         .library(name: "TetherHTTP", targets: ["TetherHTTP"]),
         .library(name: "TetherWebSocket", targets: ["TetherWebSocket"]),
         .library(name: "TetherIO", targets: ["TetherIO"]),
+        .library(name: "TetherTunnel", targets: ["TetherTunnel"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.7.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // System libraries (Debian: liburing-dev, libssl-dev, libjemalloc-dev).
@@ -29,6 +36,16 @@ let package = Package(
         // Sans-I/O codecs: bytes in, events out. No I/O, no dependencies.
         .target(name: "TetherHTTP"),
         .target(name: "TetherWebSocket", dependencies: ["TetherHTTP"]),
+        // The tunnel protocol (docs/PROTOCOL.md): frame codec and stream multiplexer with
+        // flow control. Shared by relay, bridge and load driver.
+        .target(name: "TetherTunnel", dependencies: ["TetherHTTP"]),
+
+        // Identity: JWT verification (jwt-kit), token extraction, session naming.
+        .target(name: "TetherAuth", dependencies: [
+            "TetherHTTP",
+            .product(name: "JWTKit", package: "jwt-kit"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
 
         // TLS engine over OpenSSL memory BIOs (sans-I/O as well: ciphertext in/out).
         .target(name: "TetherTLS", dependencies: ["COpenSSL"]),
@@ -38,7 +55,7 @@ let package = Package(
 
         // The relay: HTTP routing, WebSocket endpoints, (later) sessions and tunnels.
         .target(name: "TetherRelay", dependencies: [
-            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS",
+            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel", "TetherAuth",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "tether-relay", dependencies: [
@@ -46,8 +63,18 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The desktop side: portable (Linux and macOS), so SwiftNIO rather than io_uring.
+        .executableTarget(name: "tether-bridge", dependencies: [
+            "TetherTunnel", "TetherWebSocket", "TetherHTTP",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "tether-loadtest", dependencies: [
-            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS",
+            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "loadtest/Sources/tether-loadtest"),
 
@@ -55,5 +82,7 @@ let package = Package(
         .testTarget(name: "TetherWebSocketTests", dependencies: ["TetherWebSocket", "TetherHTTP"]),
         .testTarget(name: "TetherTLSTests", dependencies: ["TetherTLS"]),
         .testTarget(name: "TetherIOTests", dependencies: ["TetherIO", "TetherTLS"]),
+        .testTarget(name: "TetherTunnelTests", dependencies: ["TetherTunnel", "TetherHTTP"]),
+        .testTarget(name: "TetherAuthTests", dependencies: ["TetherAuth", "TetherHTTP"]),
     ]
 )

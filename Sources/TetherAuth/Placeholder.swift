@@ -1,0 +1,2 @@
+// Placeholder until the auth module lands.
+public enum TetherAuthPlaceholder {}

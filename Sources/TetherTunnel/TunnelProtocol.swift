@@ -1,0 +1,2 @@
+// Placeholder until the tunnel codec lands.
+public enum TunnelProtocol { public static let subprotocol = "tether.v1" }

@@ -1,0 +1,3 @@
+import Testing
+import TetherAuth
+@Test func placeholder() {}
