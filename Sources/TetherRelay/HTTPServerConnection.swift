@@ -1,12 +1,14 @@
 #if os(Linux)
+import TetherAuth
 import TetherHTTP
 import TetherIO
+import TetherTunnel
 import TetherWebSocket
 
 /// One client connection speaking HTTP/1.1: decodes requests with the sans-I/O decoder, routes
 /// them, and hands upgraded connections to a WebSocket handler. The loop only moves bytes.
 final class HTTPServerConnection: ConnectionHandler {
-    private enum Phase {
+    enum Phase {
         /// Waiting for (the rest of) a request head; the header deadline runs once it starts.
         case awaitingHead
         /// Streaming the current request's body to `route`; its response has started.
@@ -20,25 +22,49 @@ final class HTTPServerConnection: ConnectionHandler {
         case discard(keepAlive: Bool)
         /// POST /echo: the body streams straight back.
         case echo(chunked: Bool, keepAlive: Bool)
+        /// A request forwarded through a bridge; its state is in `proxy` (nil once it failed).
+        case proxy
     }
 
-    private let context: RelayContext
-    private var decoder: HTTPRequestDecoder
-    private var phase = Phase.awaitingHead
+    let context: RelayContext
+    var decoder: HTTPRequestDecoder
+    var phase = Phase.awaitingHead
     /// The peer half-closed; handled once everything it sent before has been processed.
-    private var peerFinished = false
+    var peerFinished = false
     /// The echo response head waits for the first body bytes, so that a body rejected up
     /// front (bad chunk, over the size limit) still gets a clean 4xx.
     private var deferredHead: HTTPResponseHead?
-    private var responseStarted = false
-    private var scratch: [UInt8] = []
+    var responseStarted = false
+    var scratch: [UInt8] = []
+    /// The exchange in flight through a bridge (see HTTPServerConnection+Proxy.swift).
+    var proxy: ProxyExchange?
+    weak var connection: Connection?
+    /// Set when this handler was built on the session's home worker by a hand-off: the
+    /// request head (already decoded) and its verified identity.
+    private var resumed: (head: HTTPRequestHead, identity: Identity, route: AuthenticatedRoute)?
 
     init(context: RelayContext) {
         self.context = context
         self.decoder = HTTPRequestDecoder(limits: context.configuration.httpLimits)
     }
 
+    /// Continues a request that another worker decoded and authenticated.
+    init(context: RelayContext, resuming decoder: HTTPRequestDecoder, head: HTTPRequestHead, identity: Identity,
+         route: AuthenticatedRoute, peerFinished: Bool) {
+        self.context = context
+        self.decoder = decoder
+        self.peerFinished = peerFinished
+        self.resumed = (head, identity, route)
+    }
+
     func connectionDidOpen(_ connection: Connection) {
+        self.connection = connection
+        if let resumed {
+            self.resumed = nil
+            serveAuthenticated(resumed.head, resumed.identity, resumed.route, connection)
+            process(connection)
+            return
+        }
         connection.setDeadline(milliseconds: context.configuration.headerTimeoutMilliseconds)
     }
 
@@ -46,6 +72,8 @@ final class HTTPServerConnection: ConnectionHandler {
         switch phase {
         case .done:
             return
+        case .body(.proxy):
+            connection.setDeadline(milliseconds: context.configuration.streamIdleTimeoutMilliseconds)
         case .body:
             connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
         case .awaitingHead:
@@ -60,17 +88,24 @@ final class HTTPServerConnection: ConnectionHandler {
     }
 
     func connectionWritable(_ connection: Connection) {
+        proxyWritable(connection)
         connection.resumeReading()
         process(connection)
     }
 
     func connectionDidReadEOF(_ connection: Connection) {
         peerFinished = true
+        if proxyClientFinished(connection) { return }
         process(connection)
+    }
+
+    func connectionDidClose(_ connection: Connection, error: IOError?) {
+        proxyClientGone()
     }
 
     func connectionDeadlineExpired(_ connection: Connection) {
         context.stats.deadlineExpirations.addFromOwner()
+        if proxyDeadlineExpired(connection) { return }
         switch phase {
         case .awaitingHead where decoder.bufferedByteCount > 0:
             phase = .done
@@ -95,9 +130,10 @@ final class HTTPServerConnection: ConnectionHandler {
 
     // MARK: request processing
 
-    private func process(_ connection: Connection) {
+    func process(_ connection: Connection) {
         while connection.isOpen {
             if case .done = phase { return }
+            if !proxyMayDecode(connection) { return }
             // Backpressure: a client that does not read its responses stops our reading too.
             if !connection.isWritable {
                 connection.pauseReading()
@@ -119,7 +155,9 @@ final class HTTPServerConnection: ConnectionHandler {
                 handleHead(head, connection)
             case .body(let bytes):
                 guard case .body(let route) = phase else { continue }
-                if case .echo(let chunked, _) = route {
+                if case .proxy = route {
+                    proxyRequestBody(bytes, end: false, connection)
+                } else if case .echo(let chunked, _) = route {
                     writeDeferredHead(connection)
                     if chunked {
                         scratch.removeAll(keepingCapacity: true)
@@ -133,6 +171,10 @@ final class HTTPServerConnection: ConnectionHandler {
                 guard case .body(let route) = phase else { continue }
                 let keepAlive: Bool
                 switch route {
+                case .proxy:
+                    // The exchange decides what follows once its response is done too.
+                    proxyRequestBody([], end: true, connection)
+                    continue
                 case .discard(let k):
                     keepAlive = k
                 case .echo(let chunked, let k):
@@ -144,18 +186,26 @@ final class HTTPServerConnection: ConnectionHandler {
                         connection.write(scratch)
                     }
                 }
-                scratch = []
-                responseStarted = false
-                if keepAlive && !peerFinished {
-                    phase = .awaitingHead
-                    connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
-                } else {
-                    phase = .done
-                    connection.close(.graceful)
-                    return
-                }
+                if !finishExchange(keepAlive: keepAlive, connection) { return }
             }
         }
+    }
+
+    /// The current request and its response are both complete: wait for the next request on
+    /// a keep-alive connection, or close. Returns false when the connection is closing.
+    @discardableResult
+    func finishExchange(keepAlive: Bool, _ connection: Connection) -> Bool {
+        scratch = []
+        responseStarted = false
+        decoder.limits = context.configuration.httpLimits
+        if keepAlive && !peerFinished {
+            phase = .awaitingHead
+            connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
+            return true
+        }
+        phase = .done
+        connection.close(.graceful)
+        return false
     }
 
     /// Everything the peer sent before its EOF has been processed.
@@ -173,8 +223,15 @@ final class HTTPServerConnection: ConnectionHandler {
         connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
         let keepAlive = head.isKeepAlive
         let headOnly = head.method == "HEAD"
-        switch (head.path, head.method) {
-        case ("/healthz", "GET"), ("/healthz", "HEAD"):
+        let path = head.path
+        if let forwarded = HTTPServerConnection.stripServicePrefix(path) {
+            let route: AuthenticatedRoute = forwarded == "/bridge/status" ? .bridgeStatus : .forward
+            authenticate(head, route, connection)
+            return
+        }
+        switch (path, head.method) {
+        case ("/healthz", "GET"), ("/healthz", "HEAD"), ("/health", "GET"), ("/health", "HEAD"),
+             ("/api/health", "GET"), ("/api/health", "HEAD"):
             respondJSON(connection, status: 200, body: "{\"status\":\"ok\"}", keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
         case ("/echo", "POST"):
@@ -198,7 +255,12 @@ final class HTTPServerConnection: ConnectionHandler {
             phase = .body(.echo(chunked: chunked, keepAlive: keepAlive))
         case ("/ws/echo", "GET"):
             upgradeToWebSocket(head, connection)
-        case ("/healthz", _), ("/echo", _), ("/ws/echo", _):
+        case ("/ws/tunnel", "GET"):
+            upgradeBridge(head, legacy: false, connection)
+        case ("/ws/bridge", "GET"):
+            upgradeBridge(head, legacy: true, connection)
+        case ("/healthz", _), ("/health", _), ("/api/health", _), ("/echo", _), ("/ws/echo", _),
+             ("/ws/tunnel", _), ("/ws/bridge", _):
             respond(connection, status: 405, code: "METHOD_NOT_ALLOWED",
                     message: "\(head.method) is not allowed on \(head.path)", keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
@@ -206,6 +268,79 @@ final class HTTPServerConnection: ConnectionHandler {
             respond(connection, status: 404, code: "NOT_FOUND", message: "no route for \(head.path)",
                     keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
+        }
+    }
+
+    /// `/api/ollama/<path>` and `/ollama/<path>` (the CloudToLocalLLM web app's paths) → `/<path>`.
+    static func stripServicePrefix(_ target: String) -> String? {
+        for prefix in ["/api/ollama", "/ollama"] where target.hasPrefix(prefix) {
+            let rest = target.dropFirst(prefix.count)
+            if rest.isEmpty { return "/" }
+            if rest.first == "/" { return String(rest) }
+            if rest.first == "?" { return "/" + rest }
+        }
+        return nil
+    }
+
+    // MARK: authenticated routes
+
+    enum AuthenticatedRoute: Sendable {
+        case forward
+        case bridgeStatus
+    }
+
+    /// Verifies the caller's token, then serves the request on the worker that owns its
+    /// session, handing the connection over if that is another worker.
+    private func authenticate(_ head: HTTPRequestHead, _ route: AuthenticatedRoute, _ connection: Connection) {
+        let keepAlive = head.isKeepAlive
+        let identity: Identity
+        switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: false)?.token) {
+        case .success(let verified):
+            identity = verified
+        case .failure(let failure):
+            respond(connection, status: 401, code: failure.httpCode, message: failure.reason, keepAlive: keepAlive,
+                    headOnly: head.method == "HEAD", extraHeaders: ["WWW-Authenticate": "Bearer"])
+            phase = .body(.discard(keepAlive: keepAlive))
+            return
+        }
+        let home = context.homeWorker(of: identity.session)
+        if home == connection.loop.index {
+            serveAuthenticated(head, identity, route, connection)
+            return
+        }
+        context.stats.handOffs.addFromOwner()
+        phase = .done
+        let workers = context.workers
+        let decoder = self.decoder
+        let finished = peerFinished
+        connection.handOff(to: workers.handles[home]) {
+            guard let target = workers.context(of: home) else { return ClosingHandler() }
+            return HTTPServerConnection(context: target, resuming: decoder, head: head, identity: identity,
+                                        route: route, peerFinished: finished)
+        }
+    }
+
+    func verifyToken(_ token: Substring?) -> Result<Identity, AuthFailure> {
+        guard let token else {
+            context.stats.authFailures.addFromOwner()
+            return .failure(.missing)
+        }
+        let result = context.verifier.verify(token, now: context.nowSeconds())
+        if case .failure = result { context.stats.authFailures.addFromOwner() }
+        return result
+    }
+
+    private func serveAuthenticated(_ head: HTTPRequestHead, _ identity: Identity, _ route: AuthenticatedRoute,
+                                    _ connection: Connection) {
+        let keepAlive = head.isKeepAlive
+        switch route {
+        case .bridgeStatus:
+            let bridges = context.sessions.existing(identity.session)?.bridges.count ?? 0
+            let body = "{\"status\":\"\(bridges > 0 ? "connected" : "disconnected")\",\"bridges\":\(bridges)}"
+            respondJSON(connection, status: 200, body: body, keepAlive: keepAlive, headOnly: head.method == "HEAD")
+            phase = .body(.discard(keepAlive: keepAlive))
+        case .forward:
+            startProxy(head, identity, connection)
         }
     }
 
@@ -234,10 +369,84 @@ final class HTTPServerConnection: ConnectionHandler {
         if peerFinished { ws.connectionDidReadEOF(connection) }
     }
 
+    /// `/ws/tunnel` (tether.v1) and `/ws/bridge` (legacy JSON): completes the upgrade, then
+    /// authenticates, so that a refused bridge learns why from a close code (4001) and reason.
+    private func upgradeBridge(_ head: HTTPRequestHead, legacy: Bool, _ connection: Connection) {
+        let key: String
+        let protocols: [String]
+        do {
+            (key, protocols) = try WebSocketHandshake.validateClientRequest(head)
+        } catch {
+            context.stats.badRequests.addFromOwner()
+            respond(connection, status: error.status, code: error.code, message: error.reason,
+                    keepAlive: false, extraHeaders: error.responseHeaders)
+            phase = .done
+            connection.close(.graceful)
+            return
+        }
+        if !legacy && !protocols.contains(TunnelProtocol.subprotocol) {
+            context.stats.badRequests.addFromOwner()
+            respond(connection, status: 400, code: "TUNNEL_SUBPROTOCOL",
+                    message: "offer the WebSocket subprotocol \(TunnelProtocol.subprotocol)", keepAlive: false)
+            phase = .done
+            connection.close(.graceful)
+            return
+        }
+        context.stats.webSocketUpgrades.addFromOwner()
+        writeHead(WebSocketHandshake.serverResponse(key: key, subprotocol: legacy ? nil : TunnelProtocol.subprotocol),
+                  connection)
+        let leftover = decoder.takeBufferedBytes()
+        phase = .done
+        let identity: Identity
+        switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: true)?.token) {
+        case .success(let verified):
+            identity = verified
+        case .failure(let failure):
+            context.logger.notice("bridge refused", metadata: [
+                "reason": "\(failure.metricLabel)", "peer": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
+            var socket = WebSocketConnection(role: .server)
+            socket.close(code: WebSocketCloseCode(rawValue: 4001), reason: failure.reason)
+            connection.write(socket.takeOutbound())
+            connection.close(.graceful)
+            return
+        }
+        // The audit line binding the subject to its session id; elsewhere only the id appears.
+        context.logger.info("bridge authenticated", metadata: [
+            "session": "\(identity.session)", "sub": "\(identity.subject)", "iss": "\(identity.issuer)",
+            "protocol": "\(legacy ? "legacy-json" : TunnelProtocol.subprotocol)"])
+        let home = context.homeWorker(of: identity.session)
+        let makeBridge: @Sendable (RelayContext) -> any ConnectionHandler = { target in
+            let (session, _) = target.sessions.session(for: identity.session)
+            return legacy ? LegacyBridgeConnection(context: target, session: session)
+                          : TunnelConnection(context: target, session: session)
+        }
+        if home == connection.loop.index {
+            let bridge = makeBridge(context)
+            connection.handler = bridge
+            bridge.connectionDidOpen(connection)
+            if !leftover.isEmpty {
+                leftover.withUnsafeBytes { bridge.connection(connection, didRead: $0) }
+            }
+            if peerFinished { bridge.connectionDidReadEOF(connection) }
+            return
+        }
+        context.stats.handOffs.addFromOwner()
+        let workers = context.workers
+        connection.handOff(to: workers.handles[home], unread: leftover) {
+            guard let target = workers.context(of: home) else { return ClosingHandler() }
+            return makeBridge(target)
+        }
+    }
+
     // MARK: responses
 
     private func fail(_ connection: Connection, _ error: HTTPParseError) {
         context.stats.badRequests.addFromOwner()
+        if let proxy {
+            // The request cannot be completed: the local service must not see a half request.
+            self.proxy = nil
+            proxy.bridge.cancel(proxy.stream, code: .cancel)
+        }
         deferredHead = nil
         if responseStarted {
             // A response is already on the wire: an error message would corrupt it. Close
@@ -257,20 +466,20 @@ final class HTTPServerConnection: ConnectionHandler {
         writeHead(head, connection)
     }
 
-    private func writeHead(_ head: HTTPResponseHead, _ connection: Connection) {
+    func writeHead(_ head: HTTPResponseHead, _ connection: Connection) {
         responseStarted = true
         scratch.removeAll(keepingCapacity: true)
         head.encode(into: &scratch)
         connection.write(scratch)
     }
 
-    private func respond(_ connection: Connection, status: Int, code: String, message: String,
+    func respond(_ connection: Connection, status: Int, code: String, message: String,
                          keepAlive: Bool, headOnly: Bool = false, extraHeaders: HTTPHeaders = [:]) {
         respondJSON(connection, status: status, body: JSON.error(code: code, message: message),
                     keepAlive: keepAlive, headOnly: headOnly, extraHeaders: extraHeaders)
     }
 
-    private func respondJSON(_ connection: Connection, status: Int, body: String, keepAlive: Bool,
+    func respondJSON(_ connection: Connection, status: Int, body: String, keepAlive: Bool,
                              headOnly: Bool = false, extraHeaders: HTTPHeaders = [:]) {
         var headers: HTTPHeaders = [:]
         headers.add(name: "Content-Type", value: "application/json")
@@ -284,5 +493,10 @@ final class HTTPServerConnection: ConnectionHandler {
         connection.write(scratch)
         responseStarted = true
     }
+}
+/// Stands in when a hand-off target has no relay context (only while shutting down).
+final class ClosingHandler: ConnectionHandler {
+    func connectionDidOpen(_ connection: Connection) { connection.close(.abort) }
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {}
 }
 #endif

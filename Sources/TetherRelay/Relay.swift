@@ -2,19 +2,9 @@
 import Glibc
 import Logging
 import Synchronization
+import TetherAuth
 import TetherIO
 import TetherTLS
-
-/// What one worker's handlers share. Lives on that worker's loop thread.
-final class RelayContext {
-    let configuration: RelayConfiguration
-    let stats: RelayStats
-
-    init(configuration: RelayConfiguration, stats: RelayStats) {
-        self.configuration = configuration
-        self.stats = stats
-    }
-}
 
 public enum RelayError: Error, CustomStringConvertible {
     case invalidAddress(String)
@@ -36,6 +26,8 @@ public final class Relay: Sendable {
     private let tlsBox: TLSContextBox?
     private let workerStats: [RelayStats]
     private let bound = Mutex<(http: SocketAddress?, tls: SocketAddress?)>((nil, nil))
+    private let verifier: TokenVerifier
+    private let workers: WorkerDirectory
 
     public init(configuration: RelayConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -44,6 +36,11 @@ public final class Relay: Sendable {
         io.workers = max(1, configuration.workers)
         self.group = try EventLoopGroup(configuration: io)
         self.workerStats = (0..<io.workers).map { _ in RelayStats() }
+        self.workers = WorkerDirectory(handles: group.handles)
+        self.verifier = try TokenVerifier(configuration: configuration.auth)
+        if verifier.keyCount == 0 {
+            logger.warning("no JWT keys configured (--jwt-secret / --jwks-file): every token will be refused")
+        }
         if configuration.tlsPort != nil {
             self.tlsBox = TLSContextBox(try Relay.loadTLS(configuration))
         } else {
@@ -89,8 +86,11 @@ public final class Relay: Sendable {
         let stats = workerStats
         let tlsBox = self.tlsBox
         let (httpListeners, tlsListeners) = (httpFDs, tlsFDs)
+        let (logger, verifier, directory) = (self.logger, self.verifier, self.workers)
         try group.start { loop in
-            let context = RelayContext(configuration: configuration, stats: stats[loop.index])
+            let context = RelayContext(configuration: configuration, stats: stats[loop.index], logger: logger,
+                                       verifier: verifier, loop: loop, workers: directory)
+            directory.slots[loop.index].context = context
             loop.startAccepting(listenFD: httpListeners[loop.index]) { _ in HTTPServerConnection(context: context) }
             if !tlsListeners.isEmpty {
                 loop.startAccepting(listenFD: tlsListeners[loop.index], tls: tlsBox) { _ in HTTPServerConnection(context: context) }

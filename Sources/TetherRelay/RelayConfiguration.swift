@@ -1,5 +1,7 @@
+import TetherAuth
 import TetherHTTP
 import TetherIO
+import TetherTunnel
 
 /// Everything the relay needs to start. Plain values, so it crosses threads freely.
 public struct RelayConfiguration: Sendable {
@@ -19,6 +21,18 @@ public struct RelayConfiguration: Sendable {
     /// WebSocket connections with no traffic at all are closed after this time.
     public var webSocketIdleTimeoutMilliseconds: UInt64 = 600_000
     public var io = IOConfiguration()
+
+    /// Token validation (HS256 secret, JWKS file, issuer, audience, leeway).
+    public var auth = AuthConfiguration()
+    /// What the relay advertises to bridges in its HELLO (windows, frame and head limits).
+    public var tunnel = TunnelSettings()
+    /// A proxied stream fails when neither direction moved for this long (no total timeout:
+    /// LLM answers run for minutes). Before the response head: 504 LOCAL_TIMEOUT.
+    public var streamIdleTimeoutMilliseconds: UInt64 = 300_000
+    /// The relay pings every tunnel this often and drops one that missed two answers.
+    public var tunnelPingIntervalMilliseconds: UInt64 = 30_000
+    /// Same for legacy JSON bridges (`{"type":"ping"}`).
+    public var legacyPingIntervalMilliseconds: UInt64 = 30_000
 
     public init() {}
 }

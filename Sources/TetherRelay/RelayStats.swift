@@ -8,5 +8,18 @@ public final class RelayStats: Sendable {
     public let webSocketUpgrades = Atomic<UInt64>(0)
     public let webSocketProtocolErrors = Atomic<UInt64>(0)
     public let deadlineExpirations = Atomic<UInt64>(0)
+    public let authFailures = Atomic<UInt64>(0)
+    public let tunnelsOpened = Atomic<UInt64>(0)
+    public let tunnelsClosed = Atomic<UInt64>(0)
+    public let tunnelProtocolErrors = Atomic<UInt64>(0)
+    public let tunnelPingTimeouts = Atomic<UInt64>(0)
+    public let legacyBridgesOpened = Atomic<UInt64>(0)
+    public let streamsOpened = Atomic<UInt64>(0)
+    public let streamResetsReceived = Atomic<UInt64>(0)
+    /// Proxied requests answered with an error before any response head (502/503/504).
+    public let streamsFailed = Atomic<UInt64>(0)
+    /// Proxied responses cut after their head (bridge lost, reset, idle).
+    public let streamsAborted = Atomic<UInt64>(0)
+    public let handOffs = Atomic<UInt64>(0)
     public init() {}
 }

@@ -2,13 +2,14 @@ import ArgumentParser
 import CJemalloc
 import Glibc
 import Logging
+import TetherAuth
 import TetherRelay
 
 struct TetherRelayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tether-relay",
         abstract: "Reverse-tunnel relay: desktop bridges connect out, web clients reach them through it.",
-        subcommands: [Run.self],
+        subcommands: [Run.self, Token.self],
         defaultSubcommand: Run.self
     )
 }
@@ -41,6 +42,21 @@ struct Run: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @OptionGroup var auth: AuthOptions
+
+    @Option(help: "Flow-control window per stream, in bytes, advertised to bridges (bandwidth × RTT: 8 MiB moves 100 MB/s over 50 ms).")
+    var streamWindow = 1 << 20
+    @Option(help: "Flow-control window per tunnel (all streams of one bridge), in bytes.")
+    var tunnelWindow = 8 << 20
+    @Option(help: "Most concurrent streams the relay opens on one tunnel (further limited by the bridge's own setting).")
+    var tunnelMaxStreams = 256
+    @Option(help: "Seconds a proxied stream may stay idle (no response head, no body bytes either way) before it fails. No total limit.")
+    var streamIdleTimeout = 300.0
+    @Option(help: "Seconds between pings on a tunnel; two unanswered pings drop the bridge.")
+    var tunnelPingInterval = 30.0
+    @Option(help: "Seconds between pings on a legacy JSON bridge (/ws/bridge); two silent intervals drop it.")
+    var legacyPingInterval = 30.0
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if let tlsPort {
@@ -54,6 +70,17 @@ struct Run: ParsableCommand {
             guard value > 0 && value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level \(logLevel)") }
+        let maxWindow = Int(Int32.max)
+        guard (65_536...maxWindow).contains(streamWindow) else { throw ValidationError("--stream-window must be 65536...\(maxWindow) bytes") }
+        guard (streamWindow...maxWindow).contains(tunnelWindow) else {
+            throw ValidationError("--tunnel-window must be at least --stream-window and at most \(maxWindow) bytes")
+        }
+        guard (1...65_535).contains(tunnelMaxStreams) else { throw ValidationError("--tunnel-max-streams must be 1...65535") }
+        for (name, value) in [("--stream-idle-timeout", streamIdleTimeout), ("--tunnel-ping-interval", tunnelPingInterval),
+                              ("--legacy-ping-interval", legacyPingInterval)] {
+            guard value > 0 && value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
+        }
+        try auth.validate()
     }
 
     func run() throws {
@@ -77,6 +104,14 @@ struct Run: ParsableCommand {
         configuration.headerTimeoutMilliseconds = UInt64(headerTimeout * 1000)
         configuration.idleTimeoutMilliseconds = UInt64(idleTimeout * 1000)
         configuration.webSocketIdleTimeoutMilliseconds = UInt64(wsIdleTimeout * 1000)
+        configuration.auth = auth.configuration
+        configuration.tunnel.streamWindow = streamWindow
+        configuration.tunnel.tunnelWindow = tunnelWindow
+        configuration.tunnel.maxStreams = tunnelMaxStreams
+        configuration.tunnel.pingIntervalMilliseconds = Int(tunnelPingInterval * 1000)
+        configuration.streamIdleTimeoutMilliseconds = UInt64(streamIdleTimeout * 1000)
+        configuration.tunnelPingIntervalMilliseconds = UInt64(tunnelPingInterval * 1000)
+        configuration.legacyPingIntervalMilliseconds = UInt64(legacyPingInterval * 1000)
 
         // Signals are taken synchronously by this thread (sigwait); workers inherit the mask.
         signal(SIGPIPE, SIG_IGN)
@@ -101,6 +136,83 @@ struct Run: ParsableCommand {
             relay.shutdown()
             return
         }
+    }
+}
+
+/// Token validation flags, shared by `run` and `token`.
+struct AuthOptions: ParsableArguments {
+    @Option(help: "HS256 shared secret for bridge and client tokens (or env TETHER_JWT_SECRET).")
+    var jwtSecret: String?
+    @Option(help: "Local JWKS file with RS256/ES256 public keys, selected by `kid`.")
+    var jwksFile: String?
+    @Option(help: "Required `iss` claim (and the issuer of minted tokens).")
+    var jwtIssuer: String?
+    @Option(help: "Required `aud` claim (and the audience of minted tokens).")
+    var jwtAudience: String?
+    @Option(help: "Seconds of clock skew tolerated on exp and nbf.")
+    var jwtLeeway = 60
+
+    var secret: String? {
+        if let jwtSecret { return jwtSecret }
+        guard let raw = getenv("TETHER_JWT_SECRET") else { return nil }
+        let value = String(cString: raw)
+        return value.isEmpty ? nil : value
+    }
+
+    func validate() throws {
+        if let secret, secret.utf8.count < 16 {
+            throw ValidationError("--jwt-secret must be at least 16 bytes")
+        }
+        guard (0...3600).contains(jwtLeeway) else { throw ValidationError("--jwt-leeway must be 0...3600 seconds") }
+    }
+
+    var configuration: AuthConfiguration {
+        var c = AuthConfiguration()
+        c.hs256Secret = secret
+        c.jwksFile = jwksFile
+        c.issuer = jwtIssuer
+        c.audience = jwtAudience
+        c.leewaySeconds = jwtLeeway
+        return c
+    }
+}
+
+struct Token: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a development token (HS256, signed with the configured secret).")
+
+    @Option(help: "Subject (the user id).")
+    var sub: String
+    @Option(help: "Lifetime: seconds, or with a unit: 90s, 30m, 1h, 7d.")
+    var ttl = "1h"
+    @Option(help: "Value of the tier claim.")
+    var tier: String?
+    @OptionGroup var auth: AuthOptions
+
+    func validate() throws {
+        guard !sub.isEmpty else { throw ValidationError("--sub must not be empty") }
+        guard Token.seconds(ttl) != nil else { throw ValidationError("--ttl: expected e.g. 3600, 90s, 30m, 1h or 7d") }
+        guard auth.secret != nil else { throw ValidationError("a secret is needed: --jwt-secret or TETHER_JWT_SECRET") }
+        try auth.validate()
+    }
+
+    static func seconds(_ text: String) -> Int? {
+        let units: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        guard let last = text.last else { return nil }
+        if let unit = units[last] {
+            guard let n = Int(text.dropLast()), n > 0 else { return nil }
+            return n * unit
+        }
+        guard let n = Int(text), n > 0 else { return nil }
+        return n
+    }
+
+    func run() throws {
+        guard let secret = auth.secret, let ttlSeconds = Token.seconds(ttl) else { return }
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let minter = TokenMinter(secret: secret, issuer: auth.jwtIssuer, audience: auth.jwtAudience)
+        print(try minter.mint(subject: sub, ttlSeconds: ttlSeconds, tier: tier, now: Double(ts.tv_sec)))
     }
 }
 

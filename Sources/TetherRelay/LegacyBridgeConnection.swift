@@ -1,0 +1,282 @@
+#if os(Linux)
+import FoundationEssentials
+import Glibc
+import TetherHTTP
+import TetherIO
+import TetherTunnel
+import TetherWebSocket
+
+/// `/ws/bridge`: the CloudToLocalLLM desktop app's JSON protocol (docs/PROTOCOL.md §10).
+/// Whole bodies only: a request is sent once its body is complete, and the response arrives in
+/// one message. Routing, sessions and errors are shared with tether.v1 bridges.
+final class LegacyBridgeConnection: ConnectionHandler, Bridge {
+    private struct Pending {
+        var head: TunnelRequestHead
+        var body: [UInt8]
+        var client: StreamClient
+        var uuid: String
+        var sent: Bool
+    }
+
+    private struct Incoming: Decodable {
+        var type: String
+        var id: String?
+        var data: IncomingData?
+    }
+
+    private struct IncomingData: Decodable {
+        var statusCode: Int?
+        var headers: [String: String]?
+        var body: String?
+        var message: String?
+        var error: String?
+    }
+
+    private let context: RelayContext
+    private let session: Session
+    private var socket: WebSocketConnection
+    private weak var connection: Connection?
+    private var pending: [StreamID: Pending] = [:]
+    private var byUUID: [String: StreamID] = [:]
+    private var nextStream: StreamID = 1
+    private var registered = false
+    private var pingTimer: TimerID?
+    private var silentIntervals = 0
+    private let bridgeID = LegacyBridgeConnection.uuid()
+    private let maxStreams = 256
+
+    init(context: RelayContext, session: Session) {
+        self.context = context
+        self.session = session
+        self.socket = WebSocketConnection(role: .server, maxMessageSize: context.configuration.webSocketMaxMessage)
+    }
+
+    // MARK: Bridge
+
+    var canOpenStream: Bool { registered && pending.count < maxStreams }
+    var activeStreams: Int { pending.count }
+
+    func openStream(_ head: TunnelRequestHead, endStream: Bool, client: StreamClient) -> StreamID? {
+        guard canOpenStream else { return nil }
+        let id = nextStream
+        nextStream += 1
+        let uuid = LegacyBridgeConnection.uuid()
+        pending[id] = Pending(head: head, body: [], client: client, uuid: uuid, sent: false)
+        byUUID[uuid] = id
+        context.stats.streamsOpened.addFromOwner()
+        if endStream { sendRequest(id) }
+        return id
+    }
+
+    func sendBody(_ stream: StreamID, _ bytes: UnsafeRawBufferPointer, endStream: Bool) -> Int {
+        guard pending[stream] != nil else { return bytes.count }
+        // The HTTP decoder already caps bodies at --max-body-size.
+        pending[stream]?.body.append(contentsOf: bytes)
+        if endStream { sendRequest(stream) }
+        return bytes.count
+    }
+
+    func consumed(_ stream: StreamID, bytes: Int) {}
+
+    func cancel(_ stream: StreamID, code: TunnelErrorCode) {
+        if let p = pending.removeValue(forKey: stream) { byUUID[p.uuid] = nil }
+    }
+
+    // MARK: ConnectionHandler
+
+    func connectionDidOpen(_ connection: Connection) {
+        self.connection = connection
+        connection.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+        context.stats.legacyBridgesOpened.addFromOwner()
+        let greeting = "{\"type\":\"auth\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),"
+            + "\"data\":{\"success\":true,\"bridgeId\":\(JSON.quote(bridgeID))},"
+            + "\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}"
+        socket.send(text: greeting)
+        registered = true
+        session.add(self)
+        flush()
+        schedulePing()
+    }
+
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+        connection.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+        silentIntervals = 0
+        socket.receive(bytes)
+        process()
+    }
+
+    func connectionWritable(_ connection: Connection) {
+        connection.resumeReading()
+        process()
+    }
+
+    func connectionDidReadEOF(_ connection: Connection) {
+        connection.close(.graceful)
+    }
+
+    func connectionDeadlineExpired(_ connection: Connection) {
+        context.stats.deadlineExpirations.addFromOwner()
+        fail(code: .goingAway, reason: "idle timeout")
+    }
+
+    func connectionDidClose(_ connection: Connection, error: IOError?) {
+        if let pingTimer { context.loop.cancel(pingTimer) }
+        pingTimer = nil
+        if registered {
+            session.remove(self)
+            context.sessions.removeIfEmpty(session)
+            registered = false
+        }
+        let orphans = pending
+        pending = [:]
+        byUUID = [:]
+        for (_, p) in orphans.sorted(by: { $0.key < $1.key }) { p.client.streamDidFail(.bridgeLost) }
+        context.stats.tunnelsClosed.addFromOwner()
+    }
+
+    private func process() {
+        guard let connection else { return }
+        while connection.isOpen {
+            if !connection.isWritable {
+                flush()
+                connection.pauseReading()
+                return
+            }
+            guard let event = socket.nextEvent() else { break }
+            switch event {
+            case .text(let text):
+                handle(text)
+            case .binary(let bytes):
+                handle(String(decoding: bytes, as: UTF8.self))
+            case .ping, .pong, .close:
+                break
+            case .protocolError:
+                context.stats.webSocketProtocolErrors.addFromOwner()
+            }
+            flush()
+        }
+        flush()
+    }
+
+    private func handle(_ text: String) {
+        guard let message = try? JSONDecoder().decode(Incoming.self, from: Data(text.utf8)) else {
+            context.stats.tunnelProtocolErrors.addFromOwner()
+            fail(code: .unsupportedData, reason: "expected a JSON message with a type")
+            return
+        }
+        switch message.type {
+        case "ping":
+            let id = message.id ?? LegacyBridgeConnection.uuid()
+            socket.send(text: "{\"type\":\"pong\",\"id\":\(JSON.quote(id)),\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}")
+        case "pong":
+            break
+        case "response":
+            guard let uuid = message.id, let stream = byUUID.removeValue(forKey: uuid),
+                  let p = pending.removeValue(forKey: stream) else { return }
+            let data = message.data
+            let status = data?.statusCode ?? 0
+            guard (100...599).contains(status) else {
+                p.client.streamDidFail(.reset(.protocolError, reason: "response without a valid statusCode"))
+                return
+            }
+            var headers = HTTPHeaders()
+            for (name, value) in (data?.headers ?? [:]).sorted(by: { $0.key < $1.key }) {
+                let lower = name.lowercased()
+                if lower == "content-length" || lower == "transfer-encoding" || lower == "connection" { continue }
+                headers.add(name: name, value: value)
+            }
+            let body = Array((data?.body ?? "").utf8)
+            headers.add(name: "Content-Length", value: String(body.count))
+            p.client.streamDidReceiveResponse(TunnelResponseHead(status: status, headers: headers), endStream: body.isEmpty)
+            if !body.isEmpty { p.client.streamDidReceiveData(body[...], endStream: true) }
+        case "error":
+            guard let uuid = message.id, let stream = byUUID.removeValue(forKey: uuid),
+                  let p = pending.removeValue(forKey: stream) else { return }
+            let reason = message.data?.message ?? message.data?.error ?? "bridge error"
+            p.client.streamDidFail(.reset(.localServiceError, reason: reason))
+        default:
+            // Unknown message types are ignored, as the desktop app does.
+            break
+        }
+    }
+
+    private func sendRequest(_ stream: StreamID) {
+        guard var p = pending[stream], !p.sent else { return }
+        p.sent = true
+        var headers = "{"
+        var first = true
+        for (name, value) in p.head.headers {
+            if !first { headers += "," }
+            first = false
+            headers += "\(JSON.quote(name.lowercased())):\(JSON.quote(value))"
+        }
+        headers += "}"
+        let body = String(decoding: p.body, as: UTF8.self)
+        let message = "{\"type\":\"request\",\"id\":\(JSON.quote(p.uuid)),\"data\":{"
+            + "\"method\":\(JSON.quote(p.head.method)),\"path\":\(JSON.quote(p.head.target)),"
+            + "\"headers\":\(headers),\"body\":\(JSON.quote(body))},"
+            + "\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}"
+        p.body = []
+        pending[stream] = p
+        socket.send(text: message)
+        flush()
+    }
+
+    private func flush() {
+        guard let connection, connection.isOpen else { return }
+        if socket.hasOutbound { connection.write(socket.takeOutbound()) }
+        if socket.shouldCloseTransport { connection.close(.graceful) }
+    }
+
+    private func fail(code: WebSocketCloseCode, reason: String) {
+        socket.close(code: code, reason: reason)
+        flush()
+        connection?.close(.graceful)
+    }
+
+    // MARK: keepalive
+
+    private func schedulePing() {
+        let interval = context.configuration.legacyPingIntervalMilliseconds
+        guard interval > 0 else { return }
+        pingTimer = context.loop.schedule(afterMilliseconds: interval) { [weak self] in
+            self?.pingTick()
+        }
+    }
+
+    /// Anything received counts as a sign of life; two silent intervals drop the bridge.
+    private func pingTick() {
+        pingTimer = nil
+        guard let connection, connection.isOpen else { return }
+        if silentIntervals >= 2 {
+            context.stats.tunnelPingTimeouts.addFromOwner()
+            fail(code: .goingAway, reason: "ping timeout")
+            return
+        }
+        silentIntervals += 1
+        socket.send(text: "{\"type\":\"ping\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}")
+        flush()
+        schedulePing()
+    }
+
+    // MARK: helpers
+
+    static func uuid() -> String { UUID().uuidString.lowercased() }
+
+    /// ISO-8601 UTC with milliseconds, as JavaScript's Date.toISOString() writes it.
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var seconds = ts.tv_sec
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ v: Int32, _ width: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, width - s.count)) + s
+        }
+        let millis = Int32(ts.tv_nsec / 1_000_000)
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
+            + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(millis, 3))Z"
+    }
+}
+#endif

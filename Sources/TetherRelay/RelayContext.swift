@@ -1,0 +1,61 @@
+#if os(Linux)
+import Glibc
+import Logging
+import TetherAuth
+import TetherIO
+
+/// What one worker's handlers share. Lives on that worker's loop thread; nothing here is locked.
+final class RelayContext {
+    let configuration: RelayConfiguration
+    let stats: RelayStats
+    let logger: Logger
+    let verifier: TokenVerifier
+    let loop: EventLoop
+    /// Every worker, to hand a connection to the one that owns its session.
+    let workers: WorkerDirectory
+    /// The sessions whose home is this worker.
+    let sessions = SessionTable()
+
+    init(configuration: RelayConfiguration, stats: RelayStats, logger: Logger, verifier: TokenVerifier,
+         loop: EventLoop, workers: WorkerDirectory) {
+        self.configuration = configuration
+        self.stats = stats
+        self.logger = logger
+        self.verifier = verifier
+        self.loop = loop
+        self.workers = workers
+    }
+
+    /// The worker that owns a session: all of a session's bridges and streams live on one
+    /// loop, so they meet without locks.
+    func homeWorker(of session: SessionID) -> Int {
+        Int(session.shard % UInt64(workers.count))
+    }
+
+    func nowSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// One slot per worker. Each slot is written once, by its own loop thread at start, and read
+/// only there afterwards (hand-off factories run on the target loop), hence unchecked.
+final class WorkerDirectory: @unchecked Sendable {
+    final class Slot: @unchecked Sendable {
+        var context: RelayContext?
+    }
+    let handles: [EventLoopHandle]
+    let slots: [Slot]
+
+    init(handles: [EventLoopHandle]) {
+        self.handles = handles
+        self.slots = handles.map { _ in Slot() }
+    }
+
+    var count: Int { handles.count }
+
+    /// For use on worker `index`'s own thread only.
+    func context(of index: Int) -> RelayContext? { slots[index].context }
+}
+#endif
