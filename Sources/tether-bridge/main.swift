@@ -1,1 +1,0 @@
-print("tether-bridge: not yet")
