@@ -54,7 +54,9 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     }
 
     func cancel(_ stream: StreamID, code: TunnelErrorCode) {
-        guard streams.removeValue(forKey: stream) != nil else { return }
+        streams[stream] = nil
+        // Even for a stream the bridge already finished: the reset sends nothing then, but
+        // returns the tunnel credit of response bytes the client never took.
         mux.reset(stream, code: code)
         flush()
     }

@@ -13,5 +13,8 @@ let package = Package(
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
         .executableTarget(name: "fuzz-websocket", dependencies: [.product(name: "TetherWebSocket", package: "tether")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(name: "fuzz-tunnel", dependencies: [.product(name: "TetherTunnel", package: "tether"),
+                                                            .product(name: "TetherHTTP", package: "tether")],
+                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
     ]
 )

@@ -1,3 +1,0 @@
-import Testing
-@testable import TetherTunnel
-@Test func placeholder() { #expect(TunnelProtocol.subprotocol == "tether.v1") }
