@@ -84,6 +84,11 @@ let package = Package(
         .testTarget(name: "TetherTLSTests", dependencies: ["TetherTLS"]),
         .testTarget(name: "TetherIOTests", dependencies: ["TetherIO", "TetherTLS"]),
         .testTarget(name: "TetherTunnelTests", dependencies: ["TetherTunnel", "TetherHTTP"]),
-        .testTarget(name: "TetherAuthTests", dependencies: ["TetherAuth", "TetherHTTP"]),
+        .testTarget(name: "TetherAuthTests", dependencies: [
+            "TetherAuth", "TetherHTTP",
+            .product(name: "JWTKit", package: "jwt-kit"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "CryptoExtras", package: "swift-crypto"),
+        ]),
     ]
 )

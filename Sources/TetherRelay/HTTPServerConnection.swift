@@ -325,7 +325,7 @@ final class HTTPServerConnection: ConnectionHandler {
             context.stats.authFailures.addFromOwner()
             return .failure(.missing)
         }
-        let result = context.verifier.verify(token, now: context.nowSeconds())
+        let result = context.tokenCache.verify(token, with: context.verifier, now: context.nowSeconds())
         if case .failure = result { context.stats.authFailures.addFromOwner() }
         return result
     }

@@ -1,0 +1,28 @@
+/// Where verification keys come from and which claims a token must carry.
+public struct AuthConfiguration: Sendable {
+    /// Shared secret for HS256 tokens (UTF-8 bytes of the string are the key).
+    public var hs256Secret: String?
+    /// Path of a local JWKS JSON file with RS/PS/ES/EdDSA public keys, selected by `kid`.
+    public var jwksFile: String?
+    /// When set, tokens must carry exactly this `iss`; the minter also writes it.
+    public var issuer: String?
+    /// When set, tokens must list this value in `aud` (string or array); the minter also writes it.
+    public var audience: String?
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    public var leewaySeconds: Int = 60
+    /// Name of the optional claim copied into `Identity.tier`.
+    public var tierClaim: String = "tier"
+
+    public init() {}
+}
+
+/// A configuration that cannot be loaded: unreadable or invalid JWKS file, empty secret, ...
+public struct AuthConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+
+    public var description: String { message }
+}

@@ -1,2 +1,0 @@
-// Placeholder until the auth module lands.
-public enum TetherAuthPlaceholder {}

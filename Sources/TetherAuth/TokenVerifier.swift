@@ -1,0 +1,375 @@
+import Dispatch
+import JWTKit
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Verifies JWTs synchronously, from any thread, with keys fixed at load time.
+///
+/// jwt-kit's `JWTKeyCollection` is an actor with async methods, unusable on the relay's
+/// event-loop threads. So it is used only while loading, to turn each JWK into a
+/// `JWTAlgorithm`; verification then calls the algorithms' synchronous `verify(_:signs:)`
+/// and checks the claims itself. To reload keys, build a new verifier and swap it in.
+public final class TokenVerifier: Sendable {
+    /// Longer tokens are rejected before any parsing; real ones are well under 4 KiB.
+    public static let maxTokenBytes = 16 * 1024
+
+    private let keys: [VerificationKey]
+    private let keysByKid: [String: VerificationKey]
+    private let secretKey: VerificationKey?
+    private let issuer: String?
+    private let audience: String?
+    let leeway: Double
+    private let parser: DefaultJWTParser
+
+    /// Number of verification keys (the HS256 secret counts as one).
+    public var keyCount: Int { keys.count }
+
+    /// One line per key for the startup log, e.g. "HS256 (shared secret)", "RS256 kid=k1".
+    public let keySummary: [String]
+
+    /// Loadable but questionable settings (e.g. a short HS256 secret), for the caller to log.
+    public let warnings: [String]
+
+    /// Loads the secret and the JWKS file; throws `AuthConfigurationError` naming the problem.
+    ///
+    /// Blocks while jwt-kit builds the JWKS keys, so call it from a plain thread (startup,
+    /// reload) and never from an event loop. From async code use `load(configuration:)`,
+    /// which does not block a cooperative thread.
+    public convenience init(configuration: AuthConfiguration) throws {
+        let source = try KeySource(configuration)
+        let jwksKeys: [VerificationKey]
+        if source.jwks.isEmpty {
+            jwksKeys = []
+        } else {
+            jwksKeys = try waitBlocking { try await source.makeJWKSKeys() }
+        }
+        try self.init(configuration, source: source, jwksKeys: jwksKeys)
+    }
+
+    /// Same as `init(configuration:)`, for async callers (tests, async tooling).
+    public static func load(configuration: AuthConfiguration) async throws -> TokenVerifier {
+        let source = try KeySource(configuration)
+        let jwksKeys = try await source.makeJWKSKeys()
+        return try TokenVerifier(configuration, source: source, jwksKeys: jwksKeys)
+    }
+
+    private init(_ configuration: AuthConfiguration, source: KeySource, jwksKeys: [VerificationKey]) throws {
+        guard let tierKey = TokenClaims.tierClaimKey else {
+            throw AuthConfigurationError("cannot create the JSON decoder's user-info key")
+        }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        decoder.userInfo[tierKey] = configuration.tierClaim
+        parser = DefaultJWTParser(jsonDecoder: decoder)
+
+        secretKey = source.secret
+        keys = (source.secret.map { [$0] } ?? []) + jwksKeys
+        var byKid: [String: VerificationKey] = [:]
+        for key in jwksKeys {
+            if let kid = key.kid { byKid[kid] = key }
+        }
+        keysByKid = byKid
+        // An empty string from a flag or environment variable means "not configured".
+        issuer = configuration.issuer.flatMap { $0.isEmpty ? nil : $0 }
+        audience = configuration.audience.flatMap { $0.isEmpty ? nil : $0 }
+        leeway = Double(max(0, configuration.leewaySeconds))
+        warnings = source.warnings
+        keySummary = keys.map { key in
+            if key.isSharedSecret { return "HS256 (shared secret)" }
+            return key.kid.map { "\(key.name) kid=\($0)" } ?? "\(key.name) (no kid)"
+        }
+    }
+
+    /// Checks the signature, then `exp` (required), `nbf`, `iss` and `aud`, with the leeway.
+    /// `now` is Unix seconds.
+    public func verify(_ token: Substring, now: Double) -> Result<Identity, AuthFailure> {
+        verifyDetailed(token, now: now).map(\.identity)
+    }
+
+    /// `verify` plus the `nbf` claim, which `TokenCache` re-checks on every hit.
+    func verifyDetailed(_ token: Substring, now: Double) -> Result<(identity: Identity, notBefore: Double?), AuthFailure> {
+        guard !token.isEmpty else { return .failure(.missing) }
+        guard !keys.isEmpty else { return .failure(.noKeysConfigured) }
+        guard token.utf8.count <= Self.maxTokenBytes else { return .failure(.malformed) }
+
+        let bytes = Array(token.utf8)
+        // The signature covers "header.payload": everything before the second period.
+        guard let firstDot = bytes.firstIndex(of: UInt8(ascii: ".")),
+              let secondDot = bytes[(firstDot + 1)...].firstIndex(of: UInt8(ascii: "."))
+        else { return .failure(.malformed) }
+
+        let parsed: (header: JWTHeader, payload: TokenClaims, signature: Data)
+        do {
+            parsed = try parser.parse(bytes, as: TokenClaims.self)
+        } catch {
+            return .failure(.malformed)
+        }
+        let header = parsed.header
+
+        guard let alg = header.alg else { return .failure(.malformed) }
+        // Unsecured JWTs are never acceptable, whatever the key set.
+        guard alg.lowercased() != "none" else { return .failure(.algorithmNotAllowed) }
+        // We implement no extensions, so any critical one must be refused (RFC 7515 §4.1.11).
+        guard header.fields["crit"] == nil else { return .failure(.malformed) }
+        let kid: String?
+        switch header.fields["kid"] {
+        case nil, .null?: kid = nil
+        case .string(let s)?: kid = s
+        default: return .failure(.malformed)
+        }
+
+        let key: VerificationKey
+        switch selectKey(kid: kid, alg: alg) {
+        case .success(let k): key = k
+        case .failure(let failure): return .failure(failure)
+        }
+        // Each key is bound to one algorithm at load time; the header may not pick another
+        // (RS256 public key used as an HMAC secret, and the like).
+        guard key.name == alg else { return .failure(.algorithmNotAllowed) }
+
+        let valid = (try? key.algorithm.verify(parsed.signature, signs: bytes[..<secondDot])) ?? false
+        guard valid else { return .failure(.badSignature) }
+
+        let claims = parsed.payload
+        guard let subject = claims.sub?.value, !subject.isEmpty,
+              let expiresAt = claims.exp?.value.timeIntervalSince1970
+        else { return .failure(.malformed) }
+        guard now < expiresAt + leeway else { return .failure(.expired) }
+        let notBefore = claims.nbf?.value.timeIntervalSince1970
+        if let notBefore, now + leeway < notBefore { return .failure(.notYetValid) }
+        if let issuer, claims.iss?.value != issuer { return .failure(.wrongIssuer) }
+        if let audience, !(claims.aud?.value.contains(audience) ?? false) {
+            return .failure(.wrongAudience)
+        }
+        let identity = Identity(issuer: claims.iss?.value ?? "", subject: subject,
+                                expiresAt: expiresAt, tier: claims.tier)
+        return .success((identity, notBefore))
+    }
+
+    private func selectKey(kid: String?, alg: String) -> Result<VerificationKey, AuthFailure> {
+        if let kid {
+            if let key = keysByKid[kid] { return .success(key) }
+            // Some issuers (Supabase, for one) put a kid naming the shared secret on HS256 tokens.
+            if alg == "HS256", let secretKey { return .success(secretKey) }
+            return .failure(.unknownKey)
+        }
+        // Without a kid, the one key for this algorithm; several would be a guess.
+        var match: VerificationKey?
+        for key in keys where key.name == alg {
+            guard match == nil else { return .failure(.unknownKey) }
+            match = key
+        }
+        return match.map { .success($0) } ?? .failure(.algorithmNotAllowed)
+    }
+}
+
+/// A key bound to exactly one algorithm name.
+struct VerificationKey: Sendable {
+    let kid: String?
+    let algorithm: any JWTAlgorithm
+    let name: String
+    let isSharedSecret: Bool
+}
+
+/// The payload claims we look at. Decoded leniently (all optional) so that presence is
+/// checked after the signature, with one answer for every malformed token.
+struct TokenClaims: JWTPayload {
+    /// Carries the configured tier claim name into `init(from:)`.
+    static let tierClaimKey = CodingUserInfoKey(rawValue: "tether.tierClaim")
+
+    var sub: SubjectClaim?
+    var iss: IssuerClaim?
+    var aud: AudienceClaim?
+    var exp: ExpirationClaim?
+    var nbf: NotBeforeClaim?
+    var tier: String?
+
+    private struct Key: CodingKey {
+        let stringValue: String
+        var intValue: Int? { nil }
+        init(_ name: String) { stringValue = name }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue _: Int) { nil }
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        sub = try c.decodeIfPresent(SubjectClaim.self, forKey: Key("sub"))
+        iss = try c.decodeIfPresent(IssuerClaim.self, forKey: Key("iss"))
+        aud = try c.decodeIfPresent(AudienceClaim.self, forKey: Key("aud"))
+        exp = try c.decodeIfPresent(ExpirationClaim.self, forKey: Key("exp"))
+        nbf = try c.decodeIfPresent(NotBeforeClaim.self, forKey: Key("nbf"))
+        if let userInfoKey = Self.tierClaimKey, let name = decoder.userInfo[userInfoKey] as? String {
+            // The tier is informational: a value of another type is ignored, not fatal.
+            let key = Key(name)
+            if let s = try? c.decodeIfPresent(String.self, forKey: key) {
+                tier = s
+            } else if let n = try? c.decodeIfPresent(Int.self, forKey: key) {
+                tier = String(n)
+            }
+        }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encodeIfPresent(sub, forKey: Key("sub"))
+        try c.encodeIfPresent(iss, forKey: Key("iss"))
+        try c.encodeIfPresent(aud, forKey: Key("aud"))
+        try c.encodeIfPresent(exp, forKey: Key("exp"))
+        try c.encodeIfPresent(nbf, forKey: Key("nbf"))
+        try c.encodeIfPresent(tier, forKey: Key("tier"))
+    }
+
+    /// Unused: claims are checked synchronously by `TokenVerifier`, with its leeway.
+    func verify(using _: some JWTAlgorithm) async throws {}
+}
+
+/// Everything about the configured keys that can be read without jwt-kit's actor.
+struct KeySource: Sendable {
+    var secret: VerificationKey?
+    /// JWKs to build, each with the kid it is known by (nil when the file gave none).
+    var jwks: [(kid: String?, jwk: JWK)] = []
+    var file = ""
+    var warnings: [String] = []
+
+    init(_ configuration: AuthConfiguration) throws {
+        if let secret = configuration.hs256Secret {
+            guard !secret.isEmpty else { throw AuthConfigurationError("the HS256 secret is empty") }
+            if secret.utf8.count < 32 {
+                warnings.append("the HS256 secret is \(secret.utf8.count) bytes; RFC 7518 §3.2 asks for at least 32")
+            }
+            self.secret = VerificationKey(kid: nil, algorithm: HS256Algorithm(secret: secret),
+                                          name: "HS256", isSharedSecret: true)
+        }
+        if let path = configuration.jwksFile {
+            file = path
+            try readJWKS(path)
+        }
+    }
+
+    private mutating func readJWKS(_ path: String) throws {
+        let data = try readFile(path, what: "JWKS file")
+        let set: JWKS
+        do {
+            set = try JSONDecoder().decode(JWKS.self, from: data)
+        } catch {
+            throw AuthConfigurationError("JWKS file '\(path)' is not a valid JSON Web Key Set: \(error)")
+        }
+        guard !set.keys.isEmpty else { throw AuthConfigurationError("JWKS file '\(path)' contains no keys") }
+        var seen = Set<String>()
+        for jwk in set.keys {
+            let kid = jwk.keyIdentifier?.string
+            if let kid {
+                guard seen.insert(kid).inserted else {
+                    throw AuthConfigurationError("JWKS file '\(path)' has two keys with kid '\(kid)'")
+                }
+            }
+            jwks.append((kid, jwk))
+        }
+    }
+
+    /// jwt-kit builds the `JWTAlgorithm` for each JWK; only reachable through its actor.
+    func makeJWKSKeys() async throws -> [VerificationKey] {
+        var out: [VerificationKey] = []
+        for (index, entry) in jwks.enumerated() {
+            let label = entry.kid.map { "kid '\($0)'" } ?? "key #\(index + 1) (no kid)"
+            guard let alg = entry.jwk.algorithm?.rawValue ?? Self.defaultAlgorithm(for: entry.jwk) else {
+                throw AuthConfigurationError("JWKS file '\(file)', \(label): no \"alg\" and none can be inferred")
+            }
+            // The collection wants a kid; a key without one gets a name used only here.
+            var jwk = entry.jwk
+            let lookup = JWKIdentifier(string: entry.kid ?? "tether-unnamed-\(index)")
+            jwk.keyIdentifier = lookup
+            do {
+                // A fresh collection per key so that lookup can never fall back to another key.
+                let collection = JWTKeyCollection()
+                try await collection.add(jwk: jwk)
+                let algorithm = try await collection.getKey(for: lookup, alg: alg)
+                out.append(VerificationKey(kid: entry.kid, algorithm: algorithm, name: algorithm.name,
+                                           isSharedSecret: false))
+            } catch {
+                throw AuthConfigurationError("JWKS file '\(file)', \(label): unusable \(alg) key: \(error)")
+            }
+        }
+        return out
+    }
+
+    /// The algorithm a JWK without "alg" is taken to use. RSA keys are assumed PKCS#1 (RS256);
+    /// a PSS key must say so.
+    static func defaultAlgorithm(for jwk: JWK) -> String? {
+        switch jwk.keyType {
+        case .rsa: return "RS256"
+        case .ecdsa:
+            switch jwk.curve?.rawValue {
+            case "P-256": return "ES256"
+            case "P-384": return "ES384"
+            case "P-521": return "ES512"
+            default: return nil
+            }
+        case .octetKeyPair: return "EdDSA"
+        default: return nil
+        }
+    }
+}
+
+/// The whole file, or an error with the OS's reason ("No such file or directory"); Foundation's
+/// errors here are NSError dumps, unfit for a startup message.
+private func readFile(_ path: String, what: String) throws -> Data {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else {
+        throw AuthConfigurationError("cannot read \(what) '\(path)': \(String(cString: strerror(errno)))")
+    }
+    defer { close(fd) }
+    var data = Data()
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n == 0 { return data }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw AuthConfigurationError("cannot read \(what) '\(path)': \(String(cString: strerror(errno)))")
+        }
+        data.append(contentsOf: chunk[..<n])
+        // A key set is a few KiB; anything this large is the wrong file.
+        guard data.count <= 16 * 1024 * 1024 else {
+            throw AuthConfigurationError("\(what) '\(path)' is larger than 16 MiB")
+        }
+    }
+}
+
+/// Runs async work to completion from synchronous code, on the global executor. Only for load
+/// time on a thread outside the cooperative pool; a pool thread blocked here could deadlock.
+private func waitBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let slot = ResultSlot<T>()
+    // Detached: inheriting the caller's actor (e.g. the main actor) would deadlock on it.
+    Task.detached {
+        do {
+            slot.result = .success(try await body())
+        } catch {
+            slot.result = .failure(error)
+        }
+        slot.done.signal()
+    }
+    slot.done.wait()
+    guard let result = slot.result else { throw AuthConfigurationError("key loading did not finish") }
+    return try result.get()
+}
+
+/// Written once by the task before `done.signal()` and read after `done.wait()`; the
+/// semaphore orders the two accesses, hence the unchecked Sendable.
+private final class ResultSlot<T: Sendable>: @unchecked Sendable {
+    var result: Result<T, any Error>?
+    let done = DispatchSemaphore(value: 0)
+}

@@ -1,3 +1,0 @@
-import Testing
-import TetherAuth
-@Test func placeholder() {}
