@@ -393,8 +393,10 @@ final class HTTPServerConnection: ConnectionHandler {
             return
         }
         context.stats.webSocketUpgrades.addFromOwner()
-        writeHead(WebSocketHandshake.serverResponse(key: key, subprotocol: legacy ? nil : TunnelProtocol.subprotocol),
-                  connection)
+        // A browser that offered only `token-<jwt>` fails the handshake unless one offered
+        // entry is selected, so a legacy bridge gets its first offer echoed.
+        let selected = legacy ? protocols.first : TunnelProtocol.subprotocol
+        writeHead(WebSocketHandshake.serverResponse(key: key, subprotocol: selected), connection)
         let leftover = decoder.takeBufferedBytes()
         phase = .done
         let identity: Identity

@@ -40,6 +40,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private var byUUID: [String: StreamID] = [:]
     private var nextStream: StreamID = 1
     private var registered = false
+    private var draining = false
     private var pingTimer: TimerID?
     private var silentIntervals = 0
     private let bridgeID = LegacyBridgeConnection.uuid()
@@ -53,7 +54,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
 
     // MARK: Bridge
 
-    var canOpenStream: Bool { registered && pending.count < maxStreams }
+    var canOpenStream: Bool { registered && !draining && pending.count < maxStreams }
     var activeStreams: Int { pending.count }
 
     func openStream(_ head: TunnelRequestHead, endStream: Bool, client: StreamClient) -> StreamID? {
@@ -80,6 +81,13 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
 
     func cancel(_ stream: StreamID, code: TunnelErrorCode) {
         if let p = pending.removeValue(forKey: stream) { byUUID[p.uuid] = nil }
+    }
+
+    /// The legacy protocol has no goaway: stop giving it streams; it is closed at the end.
+    func goAway() { draining = true }
+
+    func close(reason: String) {
+        fail(code: .goingAway, reason: reason)
     }
 
     // MARK: ConnectionHandler

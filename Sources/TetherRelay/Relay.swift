@@ -118,6 +118,61 @@ public final class Relay: Sendable {
         }
     }
 
+    /// Graceful drain: stop accepting, send GOAWAY to every bridge (they reconnect elsewhere),
+    /// let streams in flight finish until `deadlineSeconds`, close the bridges, then stop.
+    public func drain(deadlineSeconds: Double) {
+        let directory = workers
+        for handle in group.handles {
+            _ = handle.execute { loop in
+                loop.stopAccepting()
+                guard let context = directory.context(of: loop.index) else { return }
+                context.draining = true
+                for session in Array(context.sessions.sessions.values) {
+                    for bridge in session.bridges { bridge.goAway() }
+                }
+            }
+        }
+        logger.info("draining", metadata: ["deadline_s": "\(deadlineSeconds)"])
+        let start = EventLoop.monotonicMilliseconds()
+        let deadline = start + UInt64(max(0, deadlineSeconds) * 1000)
+        while EventLoop.monotonicMilliseconds() < deadline {
+            if activeStreams() == 0 { break }
+            usleep(50_000)
+        }
+        let remaining = activeStreams()
+        if remaining > 0 {
+            logger.warning("drain deadline reached", metadata: ["streams": "\(remaining)"])
+        }
+        for handle in group.handles {
+            _ = handle.execute { loop in
+                guard let context = directory.context(of: loop.index) else { return }
+                for session in Array(context.sessions.sessions.values) {
+                    for bridge in session.bridges { bridge.close(reason: "relay shutting down") }
+                }
+            }
+        }
+        usleep(100_000)  // lets the close frames go out
+        shutdown()
+    }
+
+    /// Streams in flight on all workers (asks each loop; for drain, not the data path).
+    func activeStreams() -> Int {
+        let total = Atomic<Int>(0)
+        let done = Atomic<Int>(0)
+        let directory = workers
+        var posted = 0
+        for handle in group.handles {
+            let accepted = handle.execute { loop in
+                let count = directory.context(of: loop.index)?.sessions.sessions.values.reduce(0) { $0 + $1.activeStreams } ?? 0
+                total.add(count, ordering: .relaxed)
+                done.add(1, ordering: .releasing)
+            }
+            if accepted { posted += 1 }
+        }
+        for _ in 0..<200 where done.load(ordering: .acquiring) < posted { usleep(1_000) }
+        return total.load(ordering: .relaxed)
+    }
+
     public func shutdown() {
         group.shutdown()
     }

@@ -18,6 +18,8 @@ final class RelayContext {
     /// Tokens this worker verified recently (until their exp): a signature check costs tens of
     /// microseconds, a cache hit about one.
     let tokenCache = TokenCache(capacity: 4096)
+    /// Set by `Relay.drain`: bridges that connect now are told to go away at once.
+    var draining = false
 
     init(configuration: RelayConfiguration, stats: RelayStats, logger: Logger, verifier: TokenVerifier,
          loop: EventLoop, workers: WorkerDirectory) {

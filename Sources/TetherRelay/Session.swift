@@ -55,6 +55,10 @@ protocol Bridge: AnyObject {
     func consumed(_ stream: StreamID, bytes: Int)
     /// The client went away or gave up: reset the stream, forget the client.
     func cancel(_ stream: StreamID, code: TunnelErrorCode)
+    /// The relay is draining: no new streams here; in-flight ones finish.
+    func goAway()
+    /// Close now (drain deadline passed or streams done).
+    func close(reason: String)
 }
 
 /// One user's space on this worker: their bridges, named by the SHA-256 session id.

@@ -61,6 +61,17 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         flush()
     }
 
+    func goAway() {
+        guard !draining else { return }
+        draining = true
+        mux.goAway(code: .noError, reason: "relay draining")
+        flush()
+    }
+
+    func close(reason: String) {
+        fail(code: .goingAway, reason: reason)
+    }
+
     // MARK: ConnectionHandler
 
     func connectionDidOpen(_ connection: Connection) {
@@ -153,14 +164,15 @@ final class TunnelConnection: ConnectionHandler, Bridge {
                 if !registered {
                     registered = true
                     session.add(self)
+                    if context.draining { goAway() }
                 }
             case .response(let id, let head, let end):
                 let client = streams[id]
-                forgetIfClosed(id)
+                if end { forgetIfClosed(id) }
                 client?.streamDidReceiveResponse(head, endStream: end)
             case .data(let id, let bytes, let end):
                 let client = streams[id]
-                forgetIfClosed(id)
+                if end { forgetIfClosed(id) }
                 if let client {
                     client.streamDidReceiveData(bytes, endStream: end)
                 } else {
@@ -185,7 +197,9 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         }
     }
 
-    /// Drops the client reference once the multiplexer considers the stream finished.
+    /// Drops the client reference once the multiplexer considers the stream finished. Only
+    /// called at an end of stream: events are queued per message, so the multiplexer may
+    /// already have seen the end while earlier events of the stream are still being dispatched.
     private func forgetIfClosed(_ id: StreamID) {
         if !mux.isOpen(id) { streams[id] = nil }
     }

@@ -44,6 +44,9 @@ struct Run: ParsableCommand {
 
     @OptionGroup var auth: AuthOptions
 
+    @Option(help: "Seconds SIGTERM waits for streams in flight (after GOAWAY to every bridge) before exiting.")
+    var drainTimeout = 30.0
+
     @Option(help: "Flow-control window per stream, in bytes, advertised to bridges (bandwidth × RTT: 8 MiB moves 100 MB/s over 50 ms).")
     var streamWindow = 1 << 20
     @Option(help: "Flow-control window per tunnel (all streams of one bridge), in bytes.")
@@ -133,7 +136,11 @@ struct Run: ParsableCommand {
                 continue
             }
             logger.info("shutting down", metadata: ["signal": "\(received)"])
-            relay.shutdown()
+            if received == SIGTERM {
+                relay.drain(deadlineSeconds: drainTimeout)
+            } else {
+                relay.shutdown()
+            }
             return
         }
     }
