@@ -204,7 +204,7 @@ def test_request_body_over_max_body_size_is_413(tunnel_relay_factory, mint_token
 
     async def main():
         async with legacy(relay, tok) as b:
-            assert_error(await http(relay, "POST", "/api/ollama/api/chat", tok, b"x" * 1001), 413, "BODY_TOO_LARGE")
+            assert_error(await http(relay, "POST", "/api/ollama/api/chat", tok, b"x" * 1001), 413, "PAYLOAD_TOO_LARGE")
             r = await http(relay, "POST", "/api/ollama/api/chat", tok, b"x" * 1000)
             assert r.status == 200 and r.json()["body"] == "x" * 1000
             assert len(b.requests) == 1

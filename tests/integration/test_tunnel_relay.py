@@ -1140,7 +1140,8 @@ async def _misbehave(case: str, b: TunnelBridge, relay, tok):
         # (a WINDOW_UPDATE for a direction that has ended is ignored, as in HTTP/2).
         client = asyncio.create_task(http(relay, "POST", "/api/ollama/victim", tok, b"u" * (2 * 1024 * 1024), timeout=10))
         s = await b.accept()
-        await b.send_raw(window_update_frame(s.id, MAX_WINDOW))
+        # Two in one message: whatever the window was, the second pushes it past 2^31-1.
+        await b.send_frames(window_update_frame(s.id, MAX_WINDOW), window_update_frame(s.id, MAX_WINDOW))
         return client
     elif case == "stream-window-exceeded":
         client, s = await _open_stream_for(b, relay, tok)
