@@ -22,10 +22,12 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do stop_process "$p"; done; rm -rf "$WORK"; }
 trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap "cat $WORK/relay.log $WORK/bridge.log >&2; cleanup" EXIT
 
 mkdir -p "$WORK/www" "$WORK/nginx"
 head -c 1024 /dev/urandom > "$WORK/www/1k"
 truncate -s 1G "$WORK/www/1g"
+chmod -R a+rX "$WORK"  # nginx workers run unprivileged
 NGINX_PORT=$(free_port)
 PROXY_PORT=$(free_port)
 cat > "$WORK/nginx/nginx.conf" <<CONF
@@ -73,7 +75,7 @@ for _ in $(seq 200); do grep -q '"connected"' "$WORK/bridge.json" 2>/dev/null &&
 grep -q '"connected"' "$WORK/bridge.json" || die "bridge did not connect: $(tail -5 "$WORK/bridge.log")"
 AUTH="Authorization: Bearer $TOKEN"
 TUNNEL="http://127.0.0.1:$RELAY_PORT/api/ollama"
-curl -fs -H "$AUTH" -o /dev/null "$TUNNEL/1k" || die "request through the tunnel failed"
+curl -fsS -H "$AUTH" -o /dev/null "$TUNNEL/1k" || die "request through the tunnel failed: $(curl -s -H "$AUTH" "$TUNNEL/1k"; tail -n 5 "$WORK/bridge.log" "$WORK/relay.log")"
 
 rps() { awk '/Requests\/sec/ { print $2 }'; }
 p50() { awk '$1 == "50%" { v = $2; if (v ~ /us$/) { sub(/us/, "", v); print v } else if (v ~ /ms$/) { sub(/ms/, "", v); print v * 1000 } else { sub(/s$/, "", v); print v * 1000000 } }'; }

@@ -145,6 +145,9 @@ public enum Socket {
         guard fd >= 0 else { throw IOError(errno: tether_errno(), operation: "socket") }
         _ = tether_setsockopt_int(fd, SOL_SOCKET, SO_REUSEADDR, 1)
         if reusePort { _ = tether_setsockopt_int(fd, SOL_SOCKET, SO_REUSEPORT, 1) }
+        // Accepted sockets inherit it (Linux): small writes that follow one another (a
+        // response head, then a streamed token) must not wait for the peer's delayed ACK.
+        setNoDelay(fd)
         let rc = address.withSockAddr { Glibc.bind(fd, $0, $1) }
         guard rc == 0 else {
             let e = tether_errno()
