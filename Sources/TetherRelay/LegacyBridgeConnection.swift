@@ -211,12 +211,17 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private func sendRequest(_ stream: StreamID) {
         guard var p = pending[stream], !p.sent else { return }
         p.sent = true
-        var headers = "{"
-        var first = true
+        // A JSON object cannot repeat a name: repeated fields are joined with ", " (RFC 9110 5.3).
+        var order: [String] = []
+        var merged: [String: String] = [:]
         for (name, value) in p.head.headers {
-            if !first { headers += "," }
-            first = false
-            headers += "\(JSON.quote(name.lowercased())):\(JSON.quote(value))"
+            let key = name.lowercased()
+            if let existing = merged[key] { merged[key] = existing + ", " + value } else { order.append(key); merged[key] = value }
+        }
+        var headers = "{"
+        for (i, key) in order.enumerated() {
+            if i > 0 { headers += "," }
+            headers += "\(JSON.quote(key)):\(JSON.quote(merged[key] ?? ""))"
         }
         headers += "}"
         let body = String(decoding: p.body, as: UTF8.self)
