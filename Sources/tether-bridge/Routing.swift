@@ -7,11 +7,22 @@ struct Router: Sendable {
     /// Configured targets; the first one is the default (and, in `tether.v1`, the only one an
     /// origin-form OPEN can reach).
     let targets: [LocalTarget]
+    /// The default target's origin + base path, and its `Host` value (computed once, not per stream).
+    private let prefix: String
+    private let hostHeader: String
+
+    init(targets: [LocalTarget]) {
+        self.targets = targets
+        prefix = targets.first.map { $0.origin + $0.basePath } ?? ""
+        hostHeader = targets.first?.hostHeader ?? ""
+    }
 
     struct Route: Sendable {
         var target: LocalTarget
         /// Absolute URL handed to the HTTP client: the target's origin + base path + stream target.
         var url: String
+        /// The target's `Host` value.
+        var hostHeader: String
     }
 
     enum Decision: Sendable {
@@ -23,7 +34,7 @@ struct Router: Sendable {
         guard let target0 = targets.first else { return .refuse("no local target configured") }
         guard !method.isEmpty, method.utf8.allSatisfy(Self.isTokenByte) else { return .refuse("invalid method") }
         // CONNECT would make us a TCP relay to wherever its authority points.
-        guard method.uppercased() != "CONNECT" else { return .refuse("CONNECT is not forwarded") }
+        guard !HopByHop.equalsIgnoringCase(method, "connect") else { return .refuse("CONNECT is not forwarded") }
         // Origin-form only: absolute-form (`http://evil/`), authority-form (`evil:443`) and
         // asterisk-form (`*`) all name a destination of their own.
         guard target.utf8.first == UInt8(ascii: "/") else {
@@ -36,7 +47,7 @@ struct Router: Sendable {
         for b in target.utf8 where b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "#") || b == UInt8(ascii: "\\") {
             return .refuse("request target contains a forbidden character")
         }
-        return .forward(Route(target: target0, url: target0.origin + target0.basePath + target))
+        return .forward(Route(target: target0, url: prefix + target, hostHeader: hostHeader))
     }
 
     private static func isTokenByte(_ b: UInt8) -> Bool {
@@ -49,43 +60,72 @@ struct Router: Sendable {
     }
 }
 
-/// Header filtering for both directions (RFC 9110 §7.6.1).
+/// Header filtering for both directions (RFC 9110 §7.6.1). Names compare ASCII
+/// case-insensitively in place (no lowercased copies: this runs for every header of every stream).
 enum HopByHop {
-    /// Never forwarded, whichever direction.
-    static let names: Set<String> = [
+    /// Never forwarded, whichever direction (lowercase).
+    static let names: [String] = [
         "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
         "te", "trailer", "trailers", "transfer-encoding", "upgrade",
     ]
+    /// Request headers we set ourselves (`Host`, body framing) or can't honour (`Expect:
+    /// 100-continue`: the body is already on its way through the tunnel).
+    static let requestOnly: [String] = ["host", "content-length", "expect"]
 
-    /// Fields listed in `Connection` are hop-by-hop as well.
-    static func connectionListed(_ headers: [(name: String, value: String)]) -> Set<String> {
-        var out: Set<String> = []
-        for field in headers where field.name.lowercased() == "connection" {
-            for token in field.value.split(separator: ",") {
-                let t = token.trimmingWhitespace().lowercased()
-                if !t.isEmpty { out.insert(t) }
+    /// Fields listed in `Connection` are hop-by-hop as well (lowercased tokens; ASCII
+    /// whitespace trimmed; no Unicode-aware string work, this runs for nearly every response).
+    static func connectionListed<S: Sequence>(_ headers: S) -> [String] where S.Element == (name: String, value: String) {
+        var out: [String] = []
+        for field in headers where equalsIgnoringCase(field.name, "connection") {
+            for token in field.value.utf8.split(separator: UInt8(ascii: ",")) {
+                var bytes = token[...]
+                while let b = bytes.first, b == 0x20 || b == 0x09 { bytes = bytes.dropFirst() }
+                while let b = bytes.last, b == 0x20 || b == 0x09 { bytes = bytes.dropLast() }
+                if bytes.isEmpty { continue }
+                out.append(String(decoding: bytes.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }, as: UTF8.self))
             }
         }
         return out
     }
 
-    /// Request headers for the local service: hop-by-hop removed, and also the ones we set
-    /// ourselves (`Host`, body framing) or can't honour (`Expect: 100-continue`: the body is
-    /// already on its way through the tunnel).
-    static func requestHeaders(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
+    /// Request headers for the local service: hop-by-hop removed, and `requestOnly` too.
+    static func forEachRequestHeader<S: Sequence>(_ headers: S, _ body: (String, String) -> Void)
+    where S.Element == (name: String, value: String) {
         let listed = connectionListed(headers)
-        return headers.filter { field in
-            let n = field.name.lowercased()
-            return !names.contains(n) && !listed.contains(n) && n != "host" && n != "content-length" && n != "expect"
+        for field in headers
+        where !isListed(field.name, names) && !isListed(field.name, listed) && !isListed(field.name, requestOnly) {
+            body(field.name, field.value)
         }
     }
 
     /// Response headers for the relay: hop-by-hop removed; `Content-Length` kept when present.
-    static func responseHeaders(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
+    static func forEachResponseHeader<S: Sequence>(_ headers: S, _ body: (String, String) -> Void)
+    where S.Element == (name: String, value: String) {
         let listed = connectionListed(headers)
-        return headers.filter { field in
-            let n = field.name.lowercased()
-            return !names.contains(n) && !listed.contains(n)
+        for field in headers where !isListed(field.name, names) && !isListed(field.name, listed) {
+            body(field.name, field.value)
+        }
+    }
+
+    private static func isListed(_ name: String, _ lowercaseNames: [String]) -> Bool {
+        lowercaseNames.contains { equalsIgnoringCase(name, $0) }
+    }
+
+    /// `name` equals `lowercase` (all lowercase) ignoring ASCII case.
+    static func equalsIgnoringCase(_ name: String, _ lowercase: String) -> Bool {
+        guard name.utf8.count == lowercase.utf8.count else { return false }
+        var name = name
+        var lowercase = lowercase
+        return name.withUTF8 { a in
+            lowercase.withUTF8 { b in
+                guard a.count == b.count else { return false }
+                for i in 0 ..< a.count {
+                    var c = a[i]
+                    if c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z") { c |= 0x20 }
+                    if c != b[i] { return false }
+                }
+                return true
+            }
         }
     }
 }

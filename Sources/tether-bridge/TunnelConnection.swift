@@ -79,6 +79,7 @@ final class TunnelConnection: @unchecked Sendable {
     private var outstandingPing: UInt64?
     private var pingCounter: UInt64 = 0
     private var dispatching = false
+    private var flushScheduled = false
 
     init(number: Int, loop: any EventLoop, options: TunnelOptions, forwarder: LocalForwarder, status: BridgeStatus,
          logger: Logger, report: @escaping @Sendable (TunnelLifecycleEvent) -> Void) {
@@ -293,7 +294,7 @@ final class TunnelConnection: @unchecked Sendable {
 
     /// Handles the multiplexer's queued events. Not re-entrant: a flush from inside a handler
     /// leaves later events to this loop, so they are handled in order.
-    private func dispatchEvents() {
+    func dispatchEvents() {
         guard !dispatching else { return }
         dispatching = true
         defer { dispatching = false }
@@ -382,6 +383,18 @@ final class TunnelConnection: @unchecked Sendable {
         if ws.shouldCloseTransport { channel.close(promise: nil) }
     }
 
+    /// Flushes once the loop has finished what it is doing now (the rest of this read from the
+    /// local service or the relay, typically): a response head, its body and its end then
+    /// leave in one WebSocket message and one write. No timer: it runs in this loop iteration.
+    func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.execute { [self] in
+            flushScheduled = false
+            flush()
+        }
+    }
+
     func closeIfDrained() {
         guard draining, phase == .ready, streams.isEmpty, mux.activeStreamCount == 0 else { return }
         logger.info("all streams done; closing the drained tunnel")
@@ -429,11 +442,13 @@ final class TunnelConnection: @unchecked Sendable {
         closeDeadline?.cancel()
         pingTimer?.cancel()
         pingDeadline?.cancel()
-        for (_, context) in streams {
+        // Out of `streams` first: aborting completes futures, which may call back in.
+        let open = streams
+        streams = [:]
+        for (_, context) in open {
             context.abort()
             status.streamEnded(.failed)
         }
-        streams = [:]
         channel = nil
         report(.closed(closeInfo))
     }

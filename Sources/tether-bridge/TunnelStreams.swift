@@ -1,8 +1,12 @@
+import AsyncHTTPClient
 import NIOCore
+import NIOHTTP1
+import TetherHTTP
 import TetherTunnel
 
 // The stream half of TunnelConnection: OPEN → local request, DATA both ways under flow
-// control, RESET. Runs on the tunnel's loop like the rest of it.
+// control, RESET. Runs on the tunnel's loop like the rest of it, and so do the local request's
+// callbacks (LocalForwarder pins it to this loop).
 extension TunnelConnection {
     func openStream(_ id: StreamID, _ head: TunnelRequestHead, endStream: Bool) {
         // (OPENs the multiplexer refuses after a GOAWAY never get here.)
@@ -21,39 +25,66 @@ extension TunnelConnection {
         case .forward(let route):
             logger.debug("stream \(id): \(head.method) \(head.target)")
             let context = StreamContext(id: id)
-            var body: RequestBody?
-            if !endStream {
-                let (chunks, continuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self)
-                context.body = continuation
-                body = RequestBody(chunks: chunks, onConsumed: { [self] n in
-                    loop.execute { self.consumed(id, n) }
-                })
-            }
+            if !endStream { context.requestBody = RequestBodyPump() }
             streams[id] = context
-            let io = StreamIO(tunnel: self, id: id)
-            context.task = Task { [forwarder] in
-                await forwarder.serve(route: route, head: head, body: body, io: io)
-            }
+            forwarder.start(route: route, head: head, hasBody: !endStream, tunnel: self, context: context)
         }
     }
 
+    // MARK: - Request body (relay → local service)
+
     func receiveData(_ id: StreamID, _ bytes: ArraySlice<UInt8>, endStream: Bool) {
-        guard let context = streams[id], let body = context.body else {
+        guard let context = streams[id], let pump = context.requestBody, !pump.ended, !pump.closed else {
             // The local request is over (answered early, or failed): drop the bytes, but return
             // their credit so the relay's window doesn't shrink for nothing.
             if !bytes.isEmpty { mux.consumed(id, bytes: bytes.count) }
             return
         }
         if !bytes.isEmpty {
-            if case .terminated = body.yield(ByteBuffer(bytes: bytes)) {
-                mux.consumed(id, bytes: bytes.count)
-            } else {
-                context.unconsumed += bytes.count
-            }
+            pump.chunks.append(ByteBuffer(bytes: bytes))
+            context.unconsumed += bytes.count
         }
-        if endStream {
-            body.finish()
-            context.body = nil
+        if endStream { pump.ended = true }
+        pumpRequestBody(context, pump)
+    }
+
+    /// AsyncHTTPClient is ready for the request body (its stream closure ran).
+    func startRequestBody(_ id: StreamID, _ writer: HTTPClient.Body.StreamWriter) -> EventLoopFuture<Void> {
+        loop.assertInEventLoop()
+        guard let context = streams[id], let pump = context.requestBody, !pump.closed, pump.writer == nil else {
+            return loop.makeFailedFuture(StreamGone())
+        }
+        pump.writer = writer
+        let done = loop.makePromise(of: Void.self)
+        pump.done = done
+        pumpRequestBody(context, pump)
+        return done.futureResult
+    }
+
+    /// Writes the next chunk, one at a time. A chunk's credit goes back to the relay once the
+    /// client took it (AsyncHTTPClient completes the write future when the chunk has been
+    /// written, or the local connection is writable again), so credit tracks what the local
+    /// service actually took and a slow service holds at most one stream window here.
+    private func pumpRequestBody(_ context: StreamContext, _ pump: RequestBodyPump) {
+        guard !pump.writing, !pump.closed, let writer = pump.writer else { return }
+        if let chunk = pump.chunks.popFirst() {
+            pump.writing = true
+            let id = context.id
+            let n = chunk.readableBytes
+            writer.write(.byteBuffer(chunk)).hop(to: loop).whenComplete { [self] result in
+                guard let context = streams[id], let pump = context.requestBody else { return }
+                pump.writing = false
+                switch result {
+                case .success:
+                    consumed(id, n)
+                    pumpRequestBody(context, pump)
+                case .failure(let error):
+                    // The request failed; its task's future reports why.
+                    pump.close()?.fail(error)
+                }
+            }
+        } else if pump.ended {
+            pump.close()?.succeed()
         }
     }
 
@@ -61,126 +92,157 @@ extension TunnelConnection {
         guard let context = streams[id] else { return }  // already credited when it ended
         context.unconsumed -= n
         mux.consumed(id, bytes: n)
-        flush()
+        scheduleFlush()
     }
 
-    func respond(_ id: StreamID, _ head: TunnelResponseHead) throws(StreamGone) {
-        guard streams[id] != nil else { throw StreamGone() }
-        mux.sendResponse(id, head, endStream: false)
-        flush()
-    }
+    // MARK: - Response (local service → relay)
 
-    func send(_ id: StreamID, _ chunk: ByteBuffer, _ continuation: CheckedContinuation<Void, any Error>) {
-        guard let context = streams[id] else {
-            continuation.resume(throwing: StreamGone())
-            return
+    func localHead(_ id: StreamID, _ head: NIOHTTP1.HTTPResponseHead) -> EventLoopFuture<Void> {
+        loop.assertInEventLoop()
+        guard let context = streams[id] else { return loop.makeFailedFuture(StreamGone()) }
+        let status = Int(head.status.code)
+        guard (200...599).contains(status) else {
+            fail(id, .localServiceError, reason: "local service answered \(status)")
+            return loop.makeFailedFuture(StreamGone())
         }
-        context.pending = PendingSend(buffer: chunk, continuation: continuation)
-        pushPending(context)
-        flush()
+        var headers = TetherHTTP.HTTPHeaders()
+        headers.reserveCapacity(head.headers.count)
+        HopByHop.forEachResponseHeader(head.headers) { headers.add(name: $0, value: $1) }
+        context.responded = true
+        mux.sendResponse(id, TunnelResponseHead(status: status, headers: headers), endStream: false)
+        // A head the relay can't take resets the stream (an event): handle it now.
+        dispatchEvents()
+        guard streams[id] != nil else { return loop.makeFailedFuture(StreamGone()) }
+        scheduleFlush()
+        return loop.makeSucceededVoidFuture()
     }
 
-    /// Hands as much of the waiting chunk to the multiplexer as the windows allow; the stream's
-    /// task resumes (and reads the next local chunk) only once all of it is taken.
+    /// Hands the chunk to the multiplexer; the future completes (and the client reads the next
+    /// local chunk) only once the windows took all of it, so nothing accumulates here.
+    func localBodyPart(_ id: StreamID, _ chunk: ByteBuffer) -> EventLoopFuture<Void> {
+        loop.assertInEventLoop()
+        guard let context = streams[id] else { return loop.makeFailedFuture(StreamGone()) }
+        var chunk = chunk
+        let taken = chunk.withUnsafeReadableBytes { mux.sendData(id, $0, endStream: false) }
+        scheduleFlush()
+        if taken == chunk.readableBytes { return loop.makeSucceededVoidFuture() }
+        chunk.moveReaderIndex(forwardBy: taken)
+        let promise = loop.makePromise(of: Void.self)
+        context.pending = PendingSend(buffer: chunk, promise: promise)
+        return promise.futureResult
+    }
+
+    /// Hands as much of the waiting chunk to the multiplexer as the windows allow; the local
+    /// response resumes only once all of it is taken.
     func pushPending(_ context: StreamContext) {
         guard var pending = context.pending else { return }
         let taken = pending.buffer.withUnsafeReadableBytes { mux.sendData(context.id, $0, endStream: false) }
         pending.buffer.moveReaderIndex(forwardBy: taken)
         if pending.buffer.readableBytes == 0 {
             context.pending = nil
-            pending.continuation.resume()
+            scheduleFlush()
+            pending.promise.succeed()  // may deliver the next chunk at once (re-entrant)
         } else {
             context.pending = pending
         }
     }
 
-    func end(_ id: StreamID) throws(StreamGone) {
-        guard let context = streams.removeValue(forKey: id) else { throw StreamGone() }
+    /// END_STREAM: the response is complete.
+    func localEnd(_ id: StreamID) {
+        loop.assertInEventLoop()
+        guard let context = streams.removeValue(forKey: id) else { return }
         _ = mux.sendData(id, ArraySlice<UInt8>(), endStream: true)
         context.release(mux: &mux)
         status.streamEnded(.served)
-        flush()
+        scheduleFlush()
         closeIfDrained()
+    }
+
+    /// The local request failed (a no-op when its stream is gone already).
+    func localFailed(_ id: StreamID, _ error: Error) {
+        loop.assertInEventLoop()
+        guard let context = streams[id] else { return }
+        if error is StreamGone {
+            fail(id, .internalError, reason: "stream task cancelled")
+            return
+        }
+        let (code, reason) = LocalForwarder.classify(error)
+        logger.debug("stream \(id): \(context.responded ? "response" : "request") failed: \(error)")
+        fail(id, code, reason: reason)
     }
 
     func fail(_ id: StreamID, _ code: TunnelErrorCode, reason: String) {
         guard let context = streams.removeValue(forKey: id) else { return }
         logger.info("stream \(id) failed: \(reason)")
         mux.reset(id, code: code, reason: reason)
-        context.abort()
+        context.abort()  // completes futures; the stream is out of `streams` already
         context.release(mux: &mux)
         status.streamEnded(.failed)
         flush()
         closeIfDrained()
-    }
-
-    /// The task ended on cancellation; normally the stream is gone already.
-    func cancelled(_ id: StreamID) {
-        fail(id, .internalError, reason: "stream task cancelled")
     }
 }
 
 /// Per-stream state, loop-confined like its tunnel.
 final class StreamContext {
     let id: StreamID
-    /// Request body still arriving (nil once END_STREAM came or the stream ended).
-    var body: AsyncThrowingStream<ByteBuffer, Error>.Continuation?
-    /// Bytes handed to `body` that the local service has not taken yet.
+    /// The request body, when the OPEN did not end the stream.
+    var requestBody: RequestBodyPump?
+    /// Request bytes received that the local service has not taken yet.
     var unconsumed = 0
-    var task: Task<Void, Never>?
+    var localTask: HTTPClient.Task<Void>?
+    /// Response bytes waiting for window.
     var pending: PendingSend?
+    var responded = false
 
     init(id: StreamID) { self.id = id }
 
-    /// Stops everything the stream's task may be waiting on.
+    /// Stops everything the local request may be waiting on, and the request itself. (Call
+    /// after the stream left `streams`: completing the futures may call back into the tunnel.)
     func abort() {
-        body?.finish(throwing: StreamGone())
-        body = nil
-        pending?.continuation.resume(throwing: StreamGone())
-        pending = nil
-        task?.cancel()
+        let done = requestBody?.close()
+        let pending = self.pending
+        self.pending = nil
+        done?.fail(StreamGone())
+        pending?.promise.fail(StreamGone())
+        localTask?.cancel()
+        localTask = nil
     }
 
     /// Returns the credit of request bytes that will now never be read.
     func release(mux: inout TunnelMultiplexer) {
         if unconsumed > 0 { mux.consumed(id, bytes: unconsumed) }
         unconsumed = 0
-        body?.finish()
-        body = nil
+        requestBody?.close()?.succeed()
+    }
+}
+
+/// A stream's request body between the tunnel and AsyncHTTPClient's stream writer.
+final class RequestBodyPump {
+    /// DATA payloads not yet written, in arrival order.
+    var chunks = CircularBuffer<ByteBuffer>()
+    /// END_STREAM arrived.
+    var ended = false
+    /// Nothing more goes to the local service (body complete, request over or failed).
+    var closed = false
+    var writer: HTTPClient.Body.StreamWriter?
+    /// Completes the body for the client.
+    var done: EventLoopPromise<Void>?
+    /// A chunk write is in flight.
+    var writing = false
+
+    /// Marks the body over and returns its promise to complete (once).
+    func close() -> EventLoopPromise<Void>? {
+        closed = true
+        chunks.removeAll()
+        writer = nil
+        let done = self.done
+        self.done = nil
+        return done
     }
 }
 
 struct PendingSend {
     var buffer: ByteBuffer
-    let continuation: CheckedContinuation<Void, any Error>
-}
-
-/// A stream as its task sees it. Every call hops onto the tunnel's loop.
-struct StreamIO: Sendable {
-    let tunnel: TunnelConnection
-    let id: StreamID
-
-    func respond(_ head: TunnelResponseHead) async throws {
-        try await tunnel.loop.submit { [tunnel, id] in try tunnel.respond(id, head) }.get()
-    }
-
-    /// Returns once the tunnel has taken the whole chunk (may wait for WINDOW_UPDATE).
-    func send(_ chunk: ByteBuffer) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            tunnel.loop.execute { [tunnel, id] in tunnel.send(id, chunk, continuation) }
-        }
-    }
-
-    /// END_STREAM: the response is complete.
-    func end() async throws {
-        try await tunnel.loop.submit { [tunnel, id] in try tunnel.end(id) }.get()
-    }
-
-    func fail(_ code: TunnelErrorCode, reason: String) {
-        tunnel.loop.execute { [tunnel, id] in tunnel.fail(id, code, reason: reason) }
-    }
-
-    func cancelled() {
-        tunnel.loop.execute { [tunnel, id] in tunnel.cancelled(id) }
-    }
+    let promise: EventLoopPromise<Void>
 }
