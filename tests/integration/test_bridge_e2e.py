@@ -411,3 +411,32 @@ def test_bob_cannot_reach_alices_service(relay, files_bridge, bridge, alice, oll
 
     run(main())
 
+
+
+@pytest.mark.timeout(60)
+def test_bridge_over_wss(tunnel_relay_factory, certs, bridge_factory, mint_token, standin_factory):
+    """wss:// to the relay's TLS listener (the tunnel is handed to its session's worker with its
+    TLS state); the bridge trusts the test CA only through --ca-file."""
+    relay = tunnel_relay_factory(tls=certs.a)
+    ollama = standin_factory(token_rate=50, tokens=5)
+    alice, bob = mint_token("alice"), mint_token("bob")
+    bridge_factory(f"wss://127.0.0.1:{relay.tls_port}", alice, str(ollama), "--ca-file", str(certs.ca))
+
+    async def main():
+        for _ in range(4):  # several keep-alive-less requests: each may land on another worker
+            r = await get(relay, "/api/ollama/api/tags", alice)
+            assert r.status == 200, r.describe()
+            assert r.json()["models"][0]["name"] == "standin:latest"
+
+    run(main())
+    # Without the CA the relay's certificate is refused: the bridge keeps retrying, never connects.
+    untrusted = bridge_factory(f"wss://127.0.0.1:{relay.tls_port}", bob, str(ollama), wait_connected=False)
+    time.sleep(2.5)
+    assert untrusted.alive()
+    assert untrusted.status() != "connected"
+
+    async def bob_has_no_bridge():
+        r = await get(relay, "/api/ollama/bridge/status", bob)
+        assert r.status == 200 and r.json()["status"] == "disconnected", r.describe()
+
+    run(bob_has_no_bridge())
