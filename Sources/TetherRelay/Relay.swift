@@ -175,6 +175,9 @@ public final class Relay: Sendable {
 
     public func shutdown() {
         group.shutdown()
+        // The directory and the contexts point at each other; with the loops joined, nothing
+        // else uses them, and breaking the cycle frees every worker's state.
+        for slot in workers.slots { slot.context = nil }
     }
 }
 #endif
