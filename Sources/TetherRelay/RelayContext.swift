@@ -10,7 +10,8 @@ final class RelayContext {
     let stats: RelayStats
     let logger: Logger
     let verifier: TokenVerifier
-    let loop: EventLoop
+    // Unowned: the loop owns its listeners, whose handler factories hold this context.
+    unowned let loop: EventLoop
     /// Every worker, to hand a connection to the one that owns its session.
     let workers: WorkerDirectory
     /// The sessions whose home is this worker.
