@@ -418,7 +418,7 @@ final class HTTPServerConnection: ConnectionHandler {
             "protocol": "\(legacy ? "legacy-json" : TunnelProtocol.subprotocol)"])
         let home = context.homeWorker(of: identity.session)
         let makeBridge: @Sendable (RelayContext) -> any ConnectionHandler = { target in
-            let (session, _) = target.sessions.session(for: identity.session)
+            let session = target.sessions.session(for: identity.session)
             return legacy ? LegacyBridgeConnection(context: target, session: session)
                           : TunnelConnection(context: target, session: session)
         }

@@ -103,11 +103,11 @@ final class SessionTable {
 
     func existing(_ id: SessionID) -> Session? { sessions[id] }
 
-    func session(for id: SessionID) -> (Session, created: Bool) {
-        if let s = sessions[id] { return (s, false) }
+    func session(for id: SessionID) -> Session {
+        if let s = sessions[id] { return s }
         let s = Session(id: id)
         sessions[id] = s
-        return (s, true)
+        return s
     }
 
     func removeIfEmpty(_ session: Session) {
