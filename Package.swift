@@ -47,6 +47,10 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
 
+        // Quotas: token buckets, per-tier limits (JSON), per-address handshake limits.
+        // Pure Swift, no I/O on the data path, no dependencies.
+        .target(name: "TetherQuota"),
+
         // TLS engine over OpenSSL memory BIOs (sans-I/O as well: ciphertext in/out).
         .target(name: "TetherTLS", dependencies: ["COpenSSL"]),
 
@@ -91,5 +95,6 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
+        .testTarget(name: "TetherQuotaTests", dependencies: ["TetherQuota"]),
     ]
 )
