@@ -63,6 +63,8 @@ public final class Connection {
     var flushQueued = false
     var starved = false
     var reportedUnwritable = false
+    /// Set by `notifyAfterNextSend`: one `connectionWritable` when the next send completes.
+    var sendNotificationWanted = false
     var closeError: IOError?
 
     var sending = ByteQueue()
@@ -108,6 +110,14 @@ public final class Connection {
     }
 
     public var localAddress: SocketAddress? { SocketAddress.local(of: fd) }
+
+    /// Asks for one `connectionWritable` call when the next send completes (bytes left this
+    /// process), so an owner that accounts for bytes until they are gone (flow-control credit
+    /// withheld while they sit in our queue) can re-check `pendingWriteBytes`. Nothing comes if
+    /// nothing is pending.
+    public func notifyAfterNextSend() {
+        sendNotificationWanted = true
+    }
 
     // MARK: writing
 

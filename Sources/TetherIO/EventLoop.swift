@@ -513,6 +513,10 @@ public final class EventLoop {
             startSendIfIdle(c)
             if c.reportedUnwritable && c.pendingWriteBytes <= configuration.writeLowWatermark && c.state == .open {
                 c.reportedUnwritable = false
+                c.sendNotificationWanted = false
+                c.handler?.connectionWritable(c)
+            } else if c.sendNotificationWanted && c.state == .open {
+                c.sendNotificationWanted = false
                 c.handler?.connectionWritable(c)
             }
         case .connect:
