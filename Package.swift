@@ -57,13 +57,13 @@ let package = Package(
         // io_uring I/O core: rings, provided buffers, sockets, timers, TLS streams.
         .target(name: "TetherIO", dependencies: ["CURing", "TetherTLS"]),
 
-        // The relay: HTTP routing, WebSocket endpoints, (later) sessions and tunnels.
+        // The relay: HTTP routing, WebSocket endpoints, sessions, quotas and tunnels.
         .target(name: "TetherRelay", dependencies: [
-            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel", "TetherAuth",
+            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel", "TetherAuth", "TetherQuota",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "tether-relay", dependencies: [
-            "TetherRelay", "CJemalloc",
+            "TetherRelay", "TetherQuota", "TetherAuth", "CJemalloc",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -2,6 +2,7 @@
 import TetherAuth
 import TetherHTTP
 import TetherIO
+import TetherQuota
 import TetherTunnel
 
 /// One request forwarded through a bridge: the web client's half of a tunnel stream.
@@ -60,6 +61,14 @@ final class ProxyExchange {
     var isBlocked: Bool { heldOffset < held.count || (heldEnd && !requestEnded) }
 }
 
+/// Response credit an exchange still owed its bridge when it ended (see settleCredit).
+struct CreditDebt {
+    let bridge: Bridge
+    let stream: StreamID
+    let session: Session
+    var bytes: Int
+}
+
 /// Headers that describe one hop's connection, never forwarded (RFC 9110 7.6.1).
 private let hopByHop: Set<String> = [
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
@@ -71,14 +80,43 @@ extension HTTPServerConnection: StreamClient {
 
     func startProxy(_ head: HTTPRequestHead, _ identity: Identity, _ connection: Connection) {
         let keepAlive = head.isKeepAlive
-        guard let session = context.sessions.existing(identity.session), let bridge = session.pickBridge() else {
+        let headOnly = head.method == "HEAD"
+        guard let session = context.sessions.existing(identity.session), session.isConnected else {
             context.stats.streamsFailed.addFromOwner()
             respond(connection, status: 503, code: "TUNNEL_NOT_AVAILABLE",
-                    message: "no bridge is connected for this session", keepAlive: keepAlive,
-                    headOnly: head.method == "HEAD")
+                    message: "no bridge is connected for this session", keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
             return
         }
+        let now = context.loop.nowMilliseconds
+        if identity.tier != session.tierClaim {
+            session.updateTier(identity.tier, tiers: context.shared.tiers.withLock { $0 }, now: now)
+        }
+        context.activate(session, now: now, cause: "request")
+        if let refusal = admit(head, session, now: now) {
+            context.recordQuotaRejection(refusal.quota, session: session.id, peer: connection.remoteAddress)
+            // An oversized body is not read: the connection closes after the answer.
+            let keep = keepAlive && refusal.status != 413
+            respond(connection, status: refusal.status, code: refusal.code, message: refusal.message, keepAlive: keep,
+                    headOnly: headOnly, extraHeaders: refusal.retryAfter.map { ["Retry-After": String($0)] } ?? [:])
+            if keep {
+                phase = .body(.discard(keepAlive: true))
+            } else {
+                phase = .done
+                connection.close(.graceful)
+            }
+            return
+        }
+        guard let bridge = session.pickBridge() else {
+            context.stats.streamsFailed.addFromOwner()
+            respond(connection, status: 503, code: "TUNNEL_NOT_AVAILABLE",
+                    message: "the session's bridges cannot take another stream", keepAlive: keepAlive, headOnly: headOnly)
+            phase = .body(.discard(keepAlive: keepAlive))
+            return
+        }
+        session.requestCount &+= 1
+        // A chunked body over the tier's limit fails when it gets there (413 or a cut stream).
+        decoder.limits.maxBodySize = min(decoder.limits.maxBodySize, session.profile.maxBodyBytes)
         let tunnelHead = HTTPServerConnection.tunnelHead(for: head, remote: connection.remoteAddress,
                                                          tls: connection.isTLS)
         let hasBody = head.headers.containsToken("chunked", in: "transfer-encoding")
@@ -99,6 +137,49 @@ extension HTTPServerConnection: StreamClient {
                               openedWithoutBody: !hasBody)
         phase = .body(.proxy)
         connection.setDeadline(milliseconds: context.configuration.streamIdleTimeoutMilliseconds)
+    }
+
+    struct Refusal {
+        let quota: Quota
+        let status: Int
+        let code: String
+        let message: String
+        let retryAfter: Int?
+    }
+
+    /// The session's quotas for one request, cheapest first. Nothing here cuts a stream that
+    /// is already flowing: only new requests are refused.
+    private func admit(_ head: HTTPRequestHead, _ session: Session, now: UInt64) -> Refusal? {
+        let profile = session.profile
+        if profile.maxHeaderBytes < context.configuration.httpLimits.maxHeaderBytes {
+            var size = head.target.utf8.count
+            for (name, value) in head.headers { size += name.utf8.count + value.utf8.count + 4 }
+            if size > profile.maxHeaderBytes {
+                return Refusal(quota: .headerSize, status: 431, code: "HEADERS_TOO_LARGE",
+                               message: "request headers exceed this session's limit of \(profile.maxHeaderBytes) bytes",
+                               retryAfter: nil)
+            }
+        }
+        if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > profile.maxBodyBytes {
+            return Refusal(quota: .bodySize, status: 413, code: "PAYLOAD_TOO_LARGE",
+                           message: "request body exceeds this session's limit of \(profile.maxBodyBytes) bytes",
+                           retryAfter: nil)
+        }
+        if session.activeStreams >= profile.maxStreams {
+            return Refusal(quota: .streams, status: 429, code: "TOO_MANY_STREAMS",
+                           message: "this session already has \(profile.maxStreams) streams in flight", retryAfter: 1)
+        }
+        if var bucket = session.requestBucket {
+            let admitted = bucket.take(now: now)
+            let wait = admitted ? 0 : bucket.millisecondsUntil(1, now: now)
+            session.requestBucket = bucket
+            if !admitted {
+                return Refusal(quota: .rate, status: 429, code: "RATE_LIMITED",
+                               message: "over this session's rate of \(profile.requestsPerSecond) requests per second",
+                               retryAfter: Int((wait + 999) / 1000))
+            }
+        }
+        return nil
     }
 
     /// The head the bridge sees: service prefix and `token` parameter removed, hop-by-hop
@@ -160,11 +241,25 @@ extension HTTPServerConnection: StreamClient {
     private func pushHeldBody(_ proxy: ProxyExchange, _ connection: Connection) {
         let remaining = proxy.held.count - proxy.heldOffset
         if remaining > 0 || proxy.heldEnd {
-            let taken = proxy.held.withUnsafeBytes { raw in
-                proxy.bridge.sendBody(proxy.stream, UnsafeRawBufferPointer(rebasing: raw[proxy.heldOffset...]),
-                                      endStream: proxy.heldEnd)
+            let now = context.loop.nowMilliseconds
+            // Bandwidth quota: what the bucket does not allow waits here (reading paused), so
+            // the client is slowed by TCP rather than buffered.
+            let allowed = proxy.session.upstreamAllowance(remaining, now: now)
+            if allowed < remaining {
+                context.waitForBandwidth(proxy.session, waiter: self, upstream: true, bytes: remaining - allowed) {
+                    [weak self] in self?.bandwidthAvailable()
+                }
             }
-            proxy.heldOffset += taken
+            if allowed > 0 || (remaining == 0 && proxy.heldEnd) {
+                let end = proxy.heldEnd && allowed == remaining
+                let taken = proxy.held.withUnsafeBytes { raw in
+                    proxy.bridge.sendBody(proxy.stream,
+                                          UnsafeRawBufferPointer(rebasing: raw[proxy.heldOffset..<(proxy.heldOffset + allowed)]),
+                                          endStream: end)
+                }
+                proxy.heldOffset += taken
+                if taken > 0 { proxy.session.chargeUpstream(taken, now: now) }
+            }
         }
         guard proxy.heldOffset >= proxy.held.count else {
             connection.pauseReading()
@@ -177,6 +272,13 @@ extension HTTPServerConnection: StreamClient {
             proxy.requestEnded = true
             proxyMaybeComplete(connection)
         }
+    }
+
+    /// The session's bandwidth buckets refilled: move what waited for them.
+    func bandwidthAvailable() {
+        guard let connection, connection.isOpen else { return }
+        settleCredit(connection)
+        streamWindowAvailable()
     }
 
     func streamWindowAvailable() {
@@ -237,23 +339,73 @@ extension HTTPServerConnection: StreamClient {
             case .none:
                 break
             }
-            // Credit goes back only once the client's socket keeps up: a client that stops
-            // reading holds at most one stream window (plus the socket's watermark) here.
+            // Credit goes back only once the bytes left the relay (settleCredit), so what a
+            // session's bridges may send unacknowledged bounds what the relay holds for it.
             proxy.owedCredit += bytes.count
-            if connection.isWritable { returnCredit(proxy) }
+            proxy.session.bytesDown &+= UInt64(bytes.count)
+            proxy.session.lastActivity = context.loop.nowMilliseconds
+            settleCredit(connection)
         }
         if endStream { finishResponse(proxy, connection) }
     }
 
-    private func returnCredit(_ proxy: ProxyExchange) {
+    /// Returns flow-control credit for response bytes that have left this process: bytes
+    /// still queued for the client's socket stay charged to the bridge's window, and the
+    /// session's bandwidth bucket must allow the rest. Oldest exchanges are paid first.
+    func settleCredit(_ connection: Connection) {
+        var owed = proxy?.owedCredit ?? 0
+        for debt in creditDebts { owed += debt.bytes }
+        guard owed > 0 else { return }
+        let queued = connection.isOpen ? connection.pendingWriteBytes : 0
+        if queued > 0 { connection.notifyAfterNextSend() }
+        var payable = owed - min(owed, queued)
+        let now = context.loop.nowMilliseconds
+        while payable > 0, !creditDebts.isEmpty {
+            let debt = creditDebts[0]
+            let paid = pay(debt.bridge, debt.stream, debt.session, min(payable, debt.bytes), now: now)
+            payable -= paid
+            if paid < debt.bytes {
+                creditDebts[0].bytes -= paid
+                return
+            }
+            creditDebts.removeFirst()
+        }
+        if payable > 0, let proxy, proxy.owedCredit > 0 {
+            let paid = pay(proxy.bridge, proxy.stream, proxy.session, min(payable, proxy.owedCredit), now: now)
+            proxy.owedCredit -= paid
+        }
+    }
+
+    private func pay(_ bridge: Bridge, _ stream: StreamID, _ session: Session, _ bytes: Int, now: UInt64) -> Int {
+        let allowed = session.downstreamAllowance(bytes, now: now)
+        if allowed < bytes {
+            context.waitForBandwidth(session, waiter: self, upstream: false, bytes: bytes - allowed) {
+                [weak self] in self?.bandwidthAvailable()
+            }
+        }
+        guard allowed > 0 else { return 0 }
+        session.chargeDownstream(allowed, now: now)
+        bridge.consumed(stream, bytes: allowed)
+        return allowed
+    }
+
+    /// An exchange ends with credit still owed (bytes queued for the client): the debt stays
+    /// with the connection until they are sent, or is settled at once when it closes.
+    private func keepCreditDebt(_ proxy: ProxyExchange) {
         guard proxy.owedCredit > 0 else { return }
-        let owed = proxy.owedCredit
+        creditDebts.append(CreditDebt(bridge: proxy.bridge, stream: proxy.stream, session: proxy.session,
+                                      bytes: proxy.owedCredit))
         proxy.owedCredit = 0
-        proxy.bridge.consumed(proxy.stream, bytes: owed)
+    }
+
+    func settleDebtsOnClose() {
+        let debts = creditDebts
+        creditDebts = []
+        for debt in debts { debt.bridge.consumed(debt.stream, bytes: debt.bytes) }
     }
 
     func proxyWritable(_ connection: Connection) {
-        if let proxy { returnCredit(proxy) }
+        settleCredit(connection)
     }
 
     private func finishResponse(_ proxy: ProxyExchange, _ connection: Connection) {
@@ -264,7 +416,7 @@ extension HTTPServerConnection: StreamClient {
             connection.write(scratch)
         }
         proxy.response = .finished
-        returnCredit(proxy)
+        settleCredit(connection)
         if !proxy.requestEnded {
             // The response is complete while the client is still sending: stop the upload
             // and close after the response rather than drain an unbounded body.
@@ -280,6 +432,7 @@ extension HTTPServerConnection: StreamClient {
     /// Both directions are done: the connection is free for the next request.
     private func proxyMaybeComplete(_ connection: Connection) {
         guard let proxy, proxy.requestEnded, case .finished = proxy.response else { return }
+        keepCreditDebt(proxy)
         self.proxy = nil
         if finishExchange(keepAlive: proxy.keepAlive, connection) {
             process(connection)
@@ -353,6 +506,7 @@ extension HTTPServerConnection: StreamClient {
     }
 
     func proxyClientGone() {
+        settleDebtsOnClose()
         guard let proxy else { return }
         self.proxy = nil
         proxy.bridge.cancel(proxy.stream, code: .cancel)

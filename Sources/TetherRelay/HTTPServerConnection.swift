@@ -2,6 +2,7 @@
 import TetherAuth
 import TetherHTTP
 import TetherIO
+import TetherQuota
 import TetherTunnel
 import TetherWebSocket
 
@@ -38,6 +39,8 @@ final class HTTPServerConnection: ConnectionHandler {
     var scratch: [UInt8] = []
     /// The exchange in flight through a bridge (see HTTPServerConnection+Proxy.swift).
     var proxy: ProxyExchange?
+    /// Credit of finished exchanges whose bytes are still queued for this client.
+    var creditDebts: [CreditDebt] = []
     weak var connection: Connection?
     /// Set when this handler was built on the session's home worker by a hand-off: the
     /// request head (already decoded) and its verified identity.
@@ -65,6 +68,16 @@ final class HTTPServerConnection: ConnectionHandler {
             process(connection)
             return
         }
+        if context.openConnections > context.maxConnections {
+            // Answered, not dropped: the client learns why and when to retry.
+            context.stats.capacityRejections.addFromOwner()
+            phase = .done
+            respond(connection, status: 503, code: "CAPACITY_EXCEEDED",
+                    message: "the relay is at its connection limit; retry later", keepAlive: false,
+                    extraHeaders: ["Retry-After": "1"])
+            connection.close(.graceful)
+            return
+        }
         connection.setDeadline(milliseconds: context.configuration.headerTimeoutMilliseconds)
     }
 
@@ -79,7 +92,8 @@ final class HTTPServerConnection: ConnectionHandler {
         case .awaitingHead:
             // A new head starts: it must be complete within the header timeout, however
             // slowly its bytes trickle in (slowloris).
-            if decoder.bufferedByteCount == 0 {
+            // (isIdle, not an empty buffer: the decoder consumes complete lines as they come.)
+            if decoder.isIdle {
                 connection.setDeadline(milliseconds: context.configuration.headerTimeoutMilliseconds)
             }
         }
@@ -107,7 +121,7 @@ final class HTTPServerConnection: ConnectionHandler {
         context.stats.deadlineExpirations.addFromOwner()
         if proxyDeadlineExpired(connection) { return }
         switch phase {
-        case .awaitingHead where decoder.bufferedByteCount > 0:
+        case .awaitingHead where !decoder.isIdle:
             phase = .done
             respond(connection, status: 408, code: "REQUEST_TIMEOUT",
                     message: "the request head did not arrive in time", keepAlive: false)
@@ -224,6 +238,10 @@ final class HTTPServerConnection: ConnectionHandler {
         let keepAlive = head.isKeepAlive
         let headOnly = head.method == "HEAD"
         let path = head.path
+        if let route = HTTPServerConnection.seedRoute(path: path, method: head.method) {
+            authenticate(head, route, connection)
+            return
+        }
         if let forwarded = HTTPServerConnection.stripServicePrefix(path) {
             let route: AuthenticatedRoute = forwarded == "/bridge/status" ? .bridgeStatus : .forward
             authenticate(head, route, connection)
@@ -260,7 +278,8 @@ final class HTTPServerConnection: ConnectionHandler {
         case ("/ws/bridge", "GET"):
             upgradeBridge(head, legacy: true, connection)
         case ("/healthz", _), ("/health", _), ("/api/health", _), ("/echo", _), ("/ws/echo", _),
-             ("/ws/tunnel", _), ("/ws/bridge", _):
+             ("/ws/tunnel", _), ("/ws/bridge", _), ("/api/proxy/start", _), ("/api/proxy/stop", _),
+             ("/api/proxy/status", _):
             respond(connection, status: 405, code: "METHOD_NOT_ALLOWED",
                     message: "\(head.method) is not allowed on \(head.path)", keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
@@ -287,14 +306,34 @@ final class HTTPServerConnection: ConnectionHandler {
     enum AuthenticatedRoute: Sendable {
         case forward
         case bridgeStatus
+        case proxyStart, proxyStop, proxyStatus
+    }
+
+    /// The CloudToLocalLLM web app's seed endpoints for the caller's own session.
+    static func seedRoute(path: String, method: String) -> AuthenticatedRoute? {
+        switch (path, method) {
+        case ("/api/proxy/start", "POST"): return .proxyStart
+        case ("/api/proxy/stop", "POST"): return .proxyStop
+        case ("/api/proxy/status", "GET"), ("/api/proxy/status", "HEAD"): return .proxyStatus
+        default: return nil
+        }
     }
 
     /// Verifies the caller's token, then serves the request on the worker that owns its
     /// session, handing the connection over if that is another worker.
     private func authenticate(_ head: HTTPRequestHead, _ route: AuthenticatedRoute, _ connection: Connection) {
         let keepAlive = head.isKeepAlive
+        let address = limitedAddress(connection)
+        if let address, let retryAfter = authFailuresExceeded(address) {
+            respond(connection, status: 429, code: "AUTH_RATE_LIMITED",
+                    message: "too many failed authentications from this address", keepAlive: keepAlive,
+                    headOnly: head.method == "HEAD", extraHeaders: ["Retry-After": String(retryAfter)])
+            phase = .body(.discard(keepAlive: keepAlive))
+            return
+        }
         let identity: Identity
-        switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: false)?.token) {
+        switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: false)?.token, address: address,
+                           connection: connection, kind: "http") {
         case .success(let verified):
             identity = verified
         case .failure(let failure):
@@ -320,14 +359,36 @@ final class HTTPServerConnection: ConnectionHandler {
         }
     }
 
-    func verifyToken(_ token: Substring?) -> Result<Identity, AuthFailure> {
-        guard let token else {
-            context.stats.authFailures.addFromOwner()
-            return .failure(.missing)
+    func verifyToken(_ token: Substring?, address: AddressKey?, connection: Connection,
+                     kind: String) -> Result<Identity, AuthFailure> {
+        let result: Result<Identity, AuthFailure>
+        if let token {
+            result = context.tokenCache.verify(token, with: context.verifier, now: context.nowSeconds())
+        } else {
+            result = .failure(.missing)
         }
-        let result = context.tokenCache.verify(token, with: context.verifier, now: context.nowSeconds())
-        if case .failure = result { context.stats.authFailures.addFromOwner() }
+        if case .failure(let failure) = result {
+            context.stats.authFailures.addFromOwner()
+            if let address { _ = context.shared.authFailureLimiter.allow(address, now: context.loop.nowMilliseconds) }
+            context.recordAuthFailure(failure, peer: connection.remoteAddress, kind: kind)
+        }
         return result
+    }
+
+    /// The client's address for per-address limits; nil when limits do not apply to it.
+    func limitedAddress(_ connection: Connection) -> AddressKey? {
+        guard let remote = connection.remoteAddress else { return nil }
+        if remote.isLoopback && context.configuration.addressLimitsExemptLoopback { return nil }
+        return AddressKey(remote.bytes)
+    }
+
+    /// Retry-After seconds while the address has used up its failed authentications.
+    func authFailuresExceeded(_ address: AddressKey) -> Int? {
+        let limiter = context.shared.authFailureLimiter
+        let now = context.loop.nowMilliseconds
+        guard limiter.isEnabled, !limiter.wouldAllow(address, now: now) else { return nil }
+        context.stats.quotaRejections[Quota.authFailures.rawValue].addFromOwner()
+        return limiter.retryAfterSeconds(address, now: now)
     }
 
     private func serveAuthenticated(_ head: HTTPRequestHead, _ identity: Identity, _ route: AuthenticatedRoute,
@@ -341,6 +402,8 @@ final class HTTPServerConnection: ConnectionHandler {
             phase = .body(.discard(keepAlive: keepAlive))
         case .forward:
             startProxy(head, identity, connection)
+        case .proxyStart, .proxyStop, .proxyStatus:
+            serveSeed(route, head, identity, connection)
         }
     }
 
@@ -399,28 +462,43 @@ final class HTTPServerConnection: ConnectionHandler {
         writeHead(WebSocketHandshake.serverResponse(key: key, subprotocol: selected), connection)
         let leftover = decoder.takeBufferedBytes()
         phase = .done
+        // Reconnect storms and brute force, per client address (close 4029 with a reason).
+        if let address = limitedAddress(connection) {
+            let limiter = context.shared.handshakeLimiter
+            if limiter.isEnabled && !limiter.allow(address, now: context.loop.nowMilliseconds) {
+                context.recordQuotaRejection(.handshakes, session: nil)
+                refuseBridge(connection, code: 4029, reason: "too many handshakes from this address; retry in \(limiter.retryAfterSeconds(address, now: context.loop.nowMilliseconds)) s")
+                return
+            }
+            if let retryAfter = authFailuresExceeded(address) {
+                refuseBridge(connection, code: 4029, reason: "too many failed authentications from this address; retry in \(retryAfter) s")
+                return
+            }
+        }
         let identity: Identity
-        switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: true)?.token) {
+        switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: true)?.token,
+                           address: limitedAddress(connection), connection: connection, kind: "bridge") {
         case .success(let verified):
             identity = verified
         case .failure(let failure):
             context.logger.notice("bridge refused", metadata: [
                 "reason": "\(failure.metricLabel)", "peer": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
-            var socket = WebSocketConnection(role: .server)
-            socket.close(code: WebSocketCloseCode(rawValue: 4001), reason: failure.reason)
-            connection.write(socket.takeOutbound())
-            connection.close(.graceful)
+            refuseBridge(connection, code: 4001, reason: failure.reason)
             return
         }
-        // The audit line binding the subject to its session id; elsewhere only the id appears.
-        context.logger.info("bridge authenticated", metadata: [
-            "session": "\(identity.session)", "sub": "\(identity.subject)", "iss": "\(identity.issuer)",
-            "protocol": "\(legacy ? "legacy-json" : TunnelProtocol.subprotocol)"])
         let home = context.homeWorker(of: identity.session)
+        let peer = connection.remoteAddress
         let makeBridge: @Sendable (RelayContext) -> any ConnectionHandler = { target in
-            let session = target.sessions.session(for: identity.session)
-            return legacy ? LegacyBridgeConnection(context: target, session: session)
-                          : TunnelConnection(context: target, session: session)
+            let protocolName = legacy ? "legacy-json" : TunnelProtocol.subprotocol
+            guard let session = target.openSession(for: identity, cause: "bridge") else {
+                return WebSocketRefusal(code: 1013, reason: "CAPACITY_EXCEEDED: the relay is at its session limit")
+            }
+            if session.bridges.count >= session.profile.maxBridges {
+                target.recordQuotaRejection(.bridges, session: session.id)
+                return WebSocketRefusal(code: 4008, reason: "TOO_MANY_BRIDGES: this session already has \(session.profile.maxBridges) bridges connected")
+            }
+            return legacy ? LegacyBridgeConnection(context: target, session: session, peer: peer, protocolName: protocolName)
+                          : TunnelConnection(context: target, session: session, peer: peer, protocolName: protocolName)
         }
         if home == connection.loop.index {
             let bridge = makeBridge(context)
@@ -438,6 +516,13 @@ final class HTTPServerConnection: ConnectionHandler {
             guard let target = workers.context(of: home) else { return ClosingHandler() }
             return makeBridge(target)
         }
+    }
+
+    private func refuseBridge(_ connection: Connection, code: UInt16, reason: String) {
+        var socket = WebSocketConnection(role: .server)
+        socket.close(code: WebSocketCloseCode(rawValue: code), reason: reason)
+        connection.write(socket.takeOutbound())
+        connection.close(.graceful)
     }
 
     // MARK: responses
@@ -496,6 +581,23 @@ final class HTTPServerConnection: ConnectionHandler {
         responseStarted = true
     }
 }
+/// A bridge refused after its upgrade (limits): a close frame with code and reason, then EOF.
+final class WebSocketRefusal: ConnectionHandler {
+    let code: UInt16
+    let reason: String
+    init(code: UInt16, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+    func connectionDidOpen(_ connection: Connection) {
+        var socket = WebSocketConnection(role: .server)
+        socket.close(code: WebSocketCloseCode(rawValue: code), reason: reason)
+        connection.write(socket.takeOutbound())
+        connection.close(.graceful)
+    }
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {}
+}
+
 /// Stands in when a hand-off target has no relay context (only while shutting down).
 final class ClosingHandler: ConnectionHandler {
     func connectionDidOpen(_ connection: Connection) { connection.close(.abort) }

@@ -46,9 +46,15 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private let bridgeID = LegacyBridgeConnection.uuid()
     private let maxStreams = 256
 
-    init(context: RelayContext, session: Session) {
+    private let peer: SocketAddress?
+    private let protocolName: String
+    private var closeReason = "connection closed"
+
+    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String) {
         self.context = context
         self.session = session
+        self.peer = peer
+        self.protocolName = protocolName
         self.socket = WebSocketConnection(role: .server, maxMessageSize: context.configuration.webSocketMaxMessage)
     }
 
@@ -102,6 +108,8 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         socket.send(text: greeting)
         registered = true
         session.add(self)
+        context.activate(session, now: context.loop.nowMilliseconds, cause: "bridge")
+        context.bridgeConnected(session, peer: peer, protocolName: protocolName)
         flush()
         schedulePing()
     }
@@ -130,15 +138,16 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     func connectionDidClose(_ connection: Connection, error: IOError?) {
         if let pingTimer { context.loop.cancel(pingTimer) }
         pingTimer = nil
-        if registered {
-            session.remove(self)
-            context.sessions.removeIfEmpty(session)
-            registered = false
-        }
         let orphans = pending
         pending = [:]
         byUUID = [:]
         for (_, p) in orphans.sorted(by: { $0.key < $1.key }) { p.client.streamDidFail(.bridgeLost) }
+        if registered {
+            registered = false
+            session.remove(self)
+            context.bridgeDisconnected(session, peer: peer, protocolName: protocolName,
+                                       reason: error.map { "\($0)" } ?? closeReason)
+        }
         context.stats.tunnelsClosed.addFromOwner()
     }
 
@@ -242,6 +251,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     }
 
     private func fail(code: WebSocketCloseCode, reason: String) {
+        if closeReason == "connection closed" { closeReason = reason }
         socket.close(code: code, reason: reason)
         flush()
         connection?.close(.graceful)

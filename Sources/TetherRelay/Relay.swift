@@ -9,11 +9,13 @@ import TetherTLS
 public enum RelayError: Error, CustomStringConvertible {
     case invalidAddress(String)
     case tlsMisconfigured(String)
+    case invalidConfiguration(String, String)
 
     public var description: String {
         switch self {
         case .invalidAddress(let a): return "invalid listen address: \(a)"
         case .tlsMisconfigured(let m): return m
+        case .invalidConfiguration(let key, let problem): return "\(key): \(problem)"
         }
     }
 }
@@ -28,10 +30,14 @@ public final class Relay: Sendable {
     private let bound = Mutex<(http: SocketAddress?, tls: SocketAddress?)>((nil, nil))
     private let verifier: TokenVerifier
     private let workers: WorkerDirectory
+    private let shared: RelayShared
+    private let maxConnections: Int
 
     public init(configuration: RelayConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
+        self.shared = RelayShared(configuration: configuration, audit: try AuditLog(destination: configuration.auditLog))
+        self.maxConnections = configuration.maxConnections ?? Relay.defaultMaxConnections()
         var io = configuration.io
         io.workers = max(1, configuration.workers)
         self.group = try EventLoopGroup(configuration: io)
@@ -46,6 +52,15 @@ public final class Relay: Sendable {
         } else {
             self.tlsBox = nil
         }
+    }
+
+    /// The descriptor limit minus a reserve for listeners, the rings, files and the audit log,
+    /// so that the relay answers 503 before the kernel refuses an accept.
+    static func defaultMaxConnections() -> Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1_000 }
+        let soft = limit.rlim_cur > 1 << 30 ? 1 << 30 : Int(limit.rlim_cur)
+        return max(16, soft - max(64, soft / 50))
     }
 
     static func loadTLS(_ configuration: RelayConfiguration) throws -> TLSContext {
@@ -87,9 +102,11 @@ public final class Relay: Sendable {
         let tlsBox = self.tlsBox
         let (httpListeners, tlsListeners) = (httpFDs, tlsFDs)
         let (logger, verifier, directory) = (self.logger, self.verifier, self.workers)
+        let (shared, maxConnections) = (self.shared, self.maxConnections)
         try group.start { loop in
             let context = RelayContext(configuration: configuration, stats: stats[loop.index], logger: logger,
-                                       verifier: verifier, loop: loop, workers: directory)
+                                       verifier: verifier, shared: shared, loop: loop, workers: directory,
+                                       maxConnections: maxConnections)
             directory.slots[loop.index].context = context
             loop.startAccepting(listenFD: httpListeners[loop.index]) { _ in HTTPServerConnection(context: context) }
             if !tlsListeners.isEmpty {
@@ -100,7 +117,9 @@ public final class Relay: Sendable {
             "http": "\(httpBound)",
             "tls": "\(tlsBound.map { "\($0)" } ?? "off")",
             "workers": "\(group.handles.count)",
+            "max_connections": "\(maxConnections)",
         ])
+        shared.audit.record("relay_started", ["http": .string("\(httpBound)"), "workers": .int(group.handles.count)])
     }
 
     /// Re-reads the TLS certificate and key. New connections use them; established ones keep
@@ -178,6 +197,11 @@ public final class Relay: Sendable {
         // The directory and the contexts point at each other; with the loops joined, nothing
         // else uses them, and breaking the cycle frees every worker's state.
         for slot in workers.slots { slot.context = nil }
+        shared.audit.record("relay_stopped")
+        shared.audit.close()
     }
+
+    /// Sessions on all workers (asks each loop; for tests and status, not the data path).
+    public var sessionCount: Int { shared.sessionCount.load(ordering: .relaxed) }
 }
 #endif

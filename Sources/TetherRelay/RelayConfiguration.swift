@@ -1,6 +1,7 @@
 import TetherAuth
 import TetherHTTP
 import TetherIO
+import TetherQuota
 import TetherTunnel
 
 /// Everything the relay needs to start. Plain values, so it crosses threads freely.
@@ -33,6 +34,29 @@ public struct RelayConfiguration: Sendable {
     public var tunnelPingIntervalMilliseconds: UInt64 = 30_000
     /// Same for legacy JSON bridges (`{"type":"ping"}`).
     public var legacyPingIntervalMilliseconds: UInt64 = 30_000
+
+    /// Quota profiles by tier (the tier claim's name is part of it).
+    public var tiers = TierTable()
+    /// A session without stream traffic for this long is parked (bridges kept) or, without
+    /// bridges, removed.
+    public var sessionIdleTimeoutMilliseconds: UInt64 = 600_000
+    /// Sessions across all workers; more get 503 CAPACITY_EXCEEDED (bridges: close 1013).
+    public var maxSessions = 20_000
+    /// Open connections across all workers; more get 503 CAPACITY_EXCEEDED. nil: the
+    /// descriptor limit minus a reserve, so the kernel never refuses silently first.
+    public var maxConnections: Int?
+    /// A bridge must send its HELLO this soon after the WebSocket upgrade.
+    public var bridgeHandshakeTimeoutMilliseconds: UInt64 = 10_000
+    /// Per client address: bridge handshakes (WebSocket upgrades) per second, and burst. 0: off.
+    public var handshakesPerSecondPerAddress: Double = 10
+    public var handshakeBurstPerAddress: Double = 30
+    /// Per client address: failed authentications per second, and burst; beyond, the address
+    /// gets 429 (close 4029 for bridges) until its bucket refills. 0: off.
+    public var authFailuresPerSecondPerAddress: Double = 0.2
+    public var authFailureBurstPerAddress: Double = 10
+    /// Loopback clients (a reverse proxy on the same host, local tools) skip per-address limits.
+    public var addressLimitsExemptLoopback = true
+    public var auditLog = AuditLog.Destination.standardOutput
 
     public init() {}
 }

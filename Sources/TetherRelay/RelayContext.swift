@@ -3,13 +3,15 @@ import Glibc
 import Logging
 import TetherAuth
 import TetherIO
+import TetherQuota
 
 /// What one worker's handlers share. Lives on that worker's loop thread; nothing here is locked.
 final class RelayContext {
     let configuration: RelayConfiguration
     let stats: RelayStats
     let logger: Logger
-    let verifier: TokenVerifier
+    var verifier: TokenVerifier
+    let shared: RelayShared
     // Unowned: the loop owns its listeners, whose handler factories hold this context.
     unowned let loop: EventLoop
     /// Every worker, to hand a connection to the one that owns its session.
@@ -21,10 +23,18 @@ final class RelayContext {
     let tokenCache = TokenCache(capacity: 4096)
     /// Set by `Relay.drain`: bridges that connect now are told to go away at once.
     var draining = false
+    /// Audit lines for quota rejections: a few a second per worker, the rest only counted.
+    var auditQuotaBucket: TokenBucket
+    var auditQuotaSkipped = 0
+    /// Connections across all workers above which new ones get 503 CAPACITY_EXCEEDED.
+    let maxConnections: Int
 
     init(configuration: RelayConfiguration, stats: RelayStats, logger: Logger, verifier: TokenVerifier,
-         loop: EventLoop, workers: WorkerDirectory) {
+         shared: RelayShared, loop: EventLoop, workers: WorkerDirectory, maxConnections: Int) {
         self.configuration = configuration
+        self.shared = shared
+        self.maxConnections = maxConnections
+        self.auditQuotaBucket = TokenBucket(ratePerSecond: 5, burst: 20, now: loop.nowMilliseconds)
         self.stats = stats
         self.logger = logger
         self.verifier = verifier
@@ -36,6 +46,16 @@ final class RelayContext {
     /// loop, so they meet without locks.
     func homeWorker(of session: SessionID) -> Int {
         Int(session.shard % UInt64(workers.count))
+    }
+
+    /// Open connections on every worker: this loop's exact count plus the others' as last
+    /// published (a few relaxed loads; checked once per accept).
+    var openConnections: Int {
+        var total = loop.connectionCount
+        for (index, handle) in workers.handles.enumerated() where index != loop.index {
+            total += handle.stats.openConnections.load(ordering: .relaxed)
+        }
+        return total
     }
 
     func nowSeconds() -> Double {

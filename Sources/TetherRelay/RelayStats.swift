@@ -1,4 +1,5 @@
 import Synchronization
+import TetherIO
 
 /// Relay-level counters. Each worker owns one instance and is its only writer, so increments
 /// are uncontended; a scrape sums the workers'.
@@ -21,5 +22,21 @@ public final class RelayStats: Sendable {
     /// Proxied responses cut after their head (bridge lost, reset, idle).
     public let streamsAborted = Atomic<UInt64>(0)
     public let handOffs = Atomic<UInt64>(0)
-    public init() {}
+    public let sessionsCreated = Atomic<UInt64>(0)
+    public let sessionsRevived = Atomic<UInt64>(0)
+    public let sessionsParked = Atomic<UInt64>(0)
+    public let sessionsRemoved = Atomic<UInt64>(0)
+    /// Refused for capacity (sessions, connections).
+    public let capacityRejections = Atomic<UInt64>(0)
+    /// By quota, indexed like `Quota.allCases`.
+    public let quotaRejections: [Counter]
+    public init() {
+        quotaRejections = (0..<8).map { _ in Counter() }
+    }
+
+    /// A counter that can live in an array (Atomic cannot be copied into one).
+    public final class Counter: Sendable {
+        public let value = Atomic<UInt64>(0)
+        public func addFromOwner() { value.addFromOwner() }
+    }
 }

@@ -1,6 +1,8 @@
 #if os(Linux)
 import TetherAuth
 import TetherHTTP
+import TetherIO
+import TetherQuota
 import TetherTunnel
 
 /// How a stream ended badly, as the web client's side sees it.
@@ -61,15 +63,76 @@ protocol Bridge: AnyObject {
     func close(reason: String)
 }
 
-/// One user's space on this worker: their bridges, named by the SHA-256 session id.
+/// One user's space on this worker: their bridges, quotas and activity, named by the SHA-256
+/// session id. Lives on its home worker's loop; nothing here is locked.
 final class Session {
+    enum State {
+        /// Carrying traffic, or recently: quota state is held, the idle timer runs.
+        case active
+        /// Idle past the timeout with bridges still connected: quota state released, the
+        /// bridges kept as cheap parked connections; the next request revives it.
+        case parked
+    }
+
     let id: SessionID
+    /// The caller's own user id, only ever shown back to that caller (seed API).
+    let subject: String
+    private(set) var tierName: String
+    private(set) var tierClaim: String?
+    private(set) var profile: QuotaProfile
+    /// Unix seconds.
+    let createdAt: Double
+    var state = State.active
+    /// Monotonic milliseconds of the last stream traffic (heartbeats do not count).
+    var lastActivity: UInt64
+    var idleTimer: TimerID?
     private(set) var bridges: [Bridge] = []
     private var nextBridge = 0
-    /// Streams currently routed through this session (for status and, later, quotas).
-    var activeStreams: Int { bridges.reduce(0) { $0 + $1.activeStreams } }
+    /// Held while active, dropped when parked.
+    var requestBucket: TokenBucket?
+    var upstreamBucket: TokenBucket?
+    var downstreamBucket: TokenBucket?
+    /// Bandwidth waiters: exchanges whose bytes wait for tokens; woken by one shaping timer.
+    var shapingWaiters: [ObjectIdentifier: () -> Void] = [:]
+    var shapingTimer: TimerID?
+    // Totals for status and the admin API.
+    var requestCount: UInt64 = 0
+    var bytesUp: UInt64 = 0
+    var bytesDown: UInt64 = 0
 
-    init(id: SessionID) { self.id = id }
+    init(id: SessionID, subject: String, tier: String?, tiers: TierTable, createdAt: Double, now: UInt64) {
+        self.id = id
+        self.subject = subject
+        self.tierClaim = tier
+        (self.tierName, self.profile) = tiers.profile(for: tier)
+        self.createdAt = createdAt
+        self.lastActivity = now
+    }
+
+    /// A token with another tier claim (an upgrade, say) switches the profile; buckets follow.
+    func updateTier(_ tier: String?, tiers: TierTable, now: UInt64) {
+        guard tier != tierClaim else { return }
+        tierClaim = tier
+        (tierName, profile) = tiers.profile(for: tier)
+        if state == .active { makeBuckets(now: now) }
+    }
+
+    func makeBuckets(now: UInt64) {
+        requestBucket = TokenBucket(ratePerSecond: profile.requestsPerSecond, burst: Double(profile.requestBurst), now: now)
+        let rate = Double(profile.bandwidthBytesPerSecond)
+        let burst = Double(profile.effectiveBandwidthBurst)
+        upstreamBucket = TokenBucket(ratePerSecond: rate, burst: burst, now: now)
+        downstreamBucket = TokenBucket(ratePerSecond: rate, burst: burst, now: now)
+    }
+
+    func releaseBuckets() {
+        requestBucket = nil
+        upstreamBucket = nil
+        downstreamBucket = nil
+    }
+
+    /// Streams currently routed through this session's bridges.
+    var activeStreams: Int { bridges.reduce(0) { $0 + $1.activeStreams } }
 
     func add(_ bridge: Bridge) {
         bridges.append(bridge)
@@ -94,24 +157,44 @@ final class Session {
     }
 
     var isConnected: Bool { !bridges.isEmpty }
+
+    /// Bytes of request body the session may forward now (bandwidth quota), at most `wanted`.
+    func upstreamAllowance(_ wanted: Int, now: UInt64) -> Int {
+        guard let bucket = upstreamBucket, !bucket.isUnlimited else { return wanted }
+        return min(wanted, Int(bucket.available(now: now)))
+    }
+
+    func downstreamAllowance(_ wanted: Int, now: UInt64) -> Int {
+        guard let bucket = downstreamBucket, !bucket.isUnlimited else { return wanted }
+        return min(wanted, Int(bucket.available(now: now)))
+    }
+
+    func chargeUpstream(_ bytes: Int, now: UInt64) {
+        bytesUp &+= UInt64(bytes)
+        lastActivity = now
+        _ = upstreamBucket?.takeUpTo(bytes, now: now)
+    }
+
+    func chargeDownstream(_ bytes: Int, now: UInt64) {
+        bytesDown &+= UInt64(bytes)
+        lastActivity = now
+        _ = downstreamBucket?.takeUpTo(bytes, now: now)
+    }
 }
 
-/// This worker's sessions. A session exists while it has a bridge; requests to a session
-/// without one get TUNNEL_NOT_AVAILABLE without creating state.
+/// This worker's sessions. Created by a bridge or by `POST /api/proxy/start`; a request to a
+/// session that does not exist gets TUNNEL_NOT_AVAILABLE without creating state.
 final class SessionTable {
     private(set) var sessions: [SessionID: Session] = [:]
 
     func existing(_ id: SessionID) -> Session? { sessions[id] }
 
-    func session(for id: SessionID) -> Session {
-        if let s = sessions[id] { return s }
-        let s = Session(id: id)
-        sessions[id] = s
-        return s
+    func insert(_ session: Session) {
+        sessions[session.id] = session
     }
 
-    func removeIfEmpty(_ session: Session) {
-        if session.bridges.isEmpty { sessions[session.id] = nil }
+    func remove(_ session: Session) {
+        if sessions[session.id] === session { sessions[session.id] = nil }
     }
 
     var count: Int { sessions.count }

@@ -19,13 +19,21 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     private var pingTimer: TimerID?
     private var pingsUnanswered = 0
     private var pingCounter: UInt64 = 0
+    private let peer: SocketAddress?
+    private let protocolName: String
+    /// Why the tunnel ended, for the audit log.
+    private var closeReason = "connection closed"
+    /// A stream's body was refused because our socket to the bridge was full.
+    private var sendersBlocked = false
 
-    init(context: RelayContext, session: Session) {
+    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String) {
         self.context = context
         self.session = session
+        self.peer = peer
+        self.protocolName = protocolName
         self.socket = WebSocketConnection(role: .server, maxMessageSize: max(context.configuration.webSocketMaxMessage,
                                                                              context.configuration.tunnel.maxMessageSize))
-        self.mux = TunnelMultiplexer(role: .relay, settings: context.configuration.tunnel, agent: "tether-relay")
+        self.mux = TunnelMultiplexer(role: .relay, settings: context.tunnelSettings(for: session.profile), agent: "tether-relay")
     }
 
     // MARK: Bridge
@@ -42,6 +50,13 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     }
 
     func sendBody(_ stream: StreamID, _ bytes: UnsafeRawBufferPointer, endStream: Bool) -> Int {
+        // Our queue to the bridge is full: hold the client's body instead of growing it, even
+        // if the bridge granted a bigger window. (A bare END goes through: its caller cannot
+        // tell "0 bytes taken" from "sent".)
+        guard let connection, connection.isWritable || bytes.isEmpty else {
+            sendersBlocked = true
+            return 0
+        }
         let taken = mux.sendData(stream, bytes, endStream: endStream)
         forgetIfClosed(stream)
         flush()
@@ -76,14 +91,17 @@ final class TunnelConnection: ConnectionHandler, Bridge {
 
     func connectionDidOpen(_ connection: Connection) {
         self.connection = connection
-        connection.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+        // Until its HELLO, a bridge has the handshake deadline, however much else it sends.
+        connection.setDeadline(milliseconds: context.configuration.bridgeHandshakeTimeoutMilliseconds)
         context.stats.tunnelsOpened.addFromOwner()
         flush()  // our HELLO
         schedulePing()
     }
 
     func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
-        connection.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+        if registered {
+            connection.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+        }
         socket.receive(bytes)
         process()
     }
@@ -91,6 +109,10 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     func connectionWritable(_ connection: Connection) {
         connection.resumeReading()
         process()
+        if sendersBlocked {
+            sendersBlocked = false
+            for client in Array(streams.values) { client.streamWindowAvailable() }
+        }
     }
 
     func connectionDidReadEOF(_ connection: Connection) {
@@ -99,22 +121,17 @@ final class TunnelConnection: ConnectionHandler, Bridge {
 
     func connectionDeadlineExpired(_ connection: Connection) {
         context.stats.deadlineExpirations.addFromOwner()
-        fail(code: .goingAway, reason: "idle timeout")
+        if registered {
+            fail(code: .goingAway, reason: "idle timeout")
+        } else {
+            fail(code: .policyViolation, reason: "HELLO not received in time")
+        }
     }
 
     func connectionDidClose(_ connection: Connection, error: IOError?) {
         if let pingTimer { context.loop.cancel(pingTimer) }
         pingTimer = nil
-        if registered {
-            session.remove(self)
-            context.sessions.removeIfEmpty(session)
-            registered = false
-        }
-        let orphans = streams
-        streams = [:]
-        for (_, client) in orphans.sorted(by: { $0.key < $1.key }) {
-            client.streamDidFail(.bridgeLost)
-        }
+        detach(reason: error.map { "\($0)" } ?? closeReason)
         context.stats.tunnelsClosed.addFromOwner()
     }
 
@@ -150,7 +167,7 @@ final class TunnelConnection: ConnectionHandler, Bridge {
             case .ping, .pong:
                 break
             case .close:
-                break
+                if closeReason == "connection closed" { closeReason = "closed by bridge" }
             case .protocolError:
                 context.stats.webSocketProtocolErrors.addFromOwner()
             }
@@ -164,8 +181,21 @@ final class TunnelConnection: ConnectionHandler, Bridge {
             switch event {
             case .hello:
                 if !registered {
+                    guard context.sessions.existing(session.id) === session else {
+                        fail(code: WebSocketCloseCode(rawValue: 1013), reason: "session ended while connecting; reconnect")
+                        return
+                    }
+                    if session.bridges.count >= session.profile.maxBridges {
+                        context.recordQuotaRejection(.bridges, session: session.id, peer: peer)
+                        fail(code: WebSocketCloseCode(rawValue: 4008),
+                             reason: "TOO_MANY_BRIDGES: this session already has \(session.profile.maxBridges) bridges connected")
+                        return
+                    }
                     registered = true
                     session.add(self)
+                    context.activate(session, now: context.loop.nowMilliseconds, cause: "bridge")
+                    connection?.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+                    context.bridgeConnected(session, peer: peer, protocolName: protocolName)
                     if context.draining { goAway() }
                 }
             case .response(let id, let head, let end):
@@ -222,9 +252,26 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     }
 
     private func fail(code: WebSocketCloseCode, reason: String) {
+        if closeReason == "connection closed" { closeReason = reason }
         socket.close(code: code, reason: reason)
         flush()
         connection?.close(.graceful)
+        // The tunnel is dead for its streams now, not when the bridge acknowledges the close.
+        detach(reason: closeReason)
+    }
+
+    /// Leaves the session and fails the streams still in flight (once).
+    private func detach(reason: String) {
+        let orphans = streams
+        streams = [:]
+        for (_, client) in orphans.sorted(by: { $0.key < $1.key }) {
+            client.streamDidFail(.bridgeLost)
+        }
+        if registered {
+            registered = false
+            session.remove(self)
+            context.bridgeDisconnected(session, peer: peer, protocolName: protocolName, reason: reason)
+        }
     }
 
     // MARK: keepalive

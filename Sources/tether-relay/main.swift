@@ -3,6 +3,7 @@ import CJemalloc
 import Glibc
 import Logging
 import TetherAuth
+import TetherQuota
 import TetherRelay
 
 struct TetherRelayCommand: ParsableCommand {
@@ -60,7 +61,10 @@ struct Run: ParsableCommand {
     @Option(help: "Seconds between pings on a legacy JSON bridge (/ws/bridge); two silent intervals drop it.")
     var legacyPingInterval = 30.0
 
+    @OptionGroup var sessionOptions: SessionOptions
+
     func validate() throws {
+        try sessionOptions.validate()
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if let tlsPort {
             guard (0...65535).contains(tlsPort) else { throw ValidationError("--tls-port must be 0...65535") }
@@ -115,6 +119,8 @@ struct Run: ParsableCommand {
         configuration.streamIdleTimeoutMilliseconds = UInt64(streamIdleTimeout * 1000)
         configuration.tunnelPingIntervalMilliseconds = UInt64(tunnelPingInterval * 1000)
         configuration.legacyPingIntervalMilliseconds = UInt64(legacyPingInterval * 1000)
+
+        try sessionOptions.apply(to: &configuration)
 
         // Signals are taken synchronously by this thread (sigwait); workers inherit the mask.
         signal(SIGPIPE, SIG_IGN)
