@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -75,5 +76,16 @@ def test_logs_go_to_stderr_not_stdout(relay_factory):
     assert _echo_once(relay.port, 1)
     relay.expected_exit = True
     assert relay.stop() == 0
-    assert relay.stdout_path.read_bytes() == b"", "relay wrote to stdout (logs must go to stderr)"
+    # stdout carries the audit log only (docs/SESSIONS.md): JSON lines, nothing else.
+    lines = relay.stdout_path.read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert events[0] == "relay_started" and events[-1] == "relay_stopped", events
     assert relay.stderr_text().strip(), "relay logged nothing to stderr at --log-level debug"
+
+
+def test_audit_log_off_leaves_stdout_empty(relay_factory):
+    relay = relay_factory("--audit-log", "off")
+    assert _echo_once(relay.port, 1)
+    relay.expected_exit = True
+    assert relay.stop() == 0
+    assert relay.stdout_path.read_bytes() == b"", "relay wrote to stdout with --audit-log off"
