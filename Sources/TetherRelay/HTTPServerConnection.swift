@@ -326,7 +326,11 @@ final class HTTPServerConnection: ConnectionHandler {
             return .failure(.missing)
         }
         let result = context.tokenCache.verify(token, with: context.verifier, now: context.nowSeconds())
-        if case .failure = result { context.stats.authFailures.addFromOwner() }
+        if case .failure(let failure) = result {
+            context.stats.authFailures.addFromOwner()
+            // The issuer may have just published the key: refetch soon (rate-limited, off-loop).
+            if failure == .unknownKey { context.keyRefresher?.requestRefresh() }
+        }
         return result
     }
 

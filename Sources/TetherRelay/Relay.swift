@@ -26,7 +26,7 @@ public final class Relay: Sendable {
     private let tlsBox: TLSContextBox?
     private let workerStats: [RelayStats]
     private let bound = Mutex<(http: SocketAddress?, tls: SocketAddress?)>((nil, nil))
-    private let verifier: TokenVerifier
+    private let keys: KeyRefresher
     private let workers: WorkerDirectory
 
     public init(configuration: RelayConfiguration, logger: Logger) throws {
@@ -36,10 +36,12 @@ public final class Relay: Sendable {
         io.workers = max(1, configuration.workers)
         self.group = try EventLoopGroup(configuration: io)
         self.workerStats = (0..<io.workers).map { _ in RelayStats() }
-        self.workers = WorkerDirectory(handles: group.handles)
-        self.verifier = try TokenVerifier(configuration: configuration.auth)
-        if verifier.keyCount == 0 {
-            logger.warning("no JWT keys configured (--jwt-secret / --jwks-file): every token will be refused")
+        let workers = WorkerDirectory(handles: group.handles)
+        self.workers = workers
+        self.keys = try KeyRefresher(configuration: configuration.auth, logger: logger) { verifier in
+            for handle in workers.handles {
+                handle.execute { loop in workers.context(of: loop.index)?.verifier = verifier }
+            }
         }
         if configuration.tlsPort != nil {
             self.tlsBox = TLSContextBox(try Relay.loadTLS(configuration))
@@ -86,10 +88,11 @@ public final class Relay: Sendable {
         let stats = workerStats
         let tlsBox = self.tlsBox
         let (httpListeners, tlsListeners) = (httpFDs, tlsFDs)
-        let (logger, verifier, directory) = (self.logger, self.verifier, self.workers)
+        let (logger, keys, directory) = (self.logger, self.keys, self.workers)
         try group.start { loop in
             let context = RelayContext(configuration: configuration, stats: stats[loop.index], logger: logger,
-                                       verifier: verifier, loop: loop, workers: directory)
+                                       verifier: keys.current, loop: loop, workers: directory)
+            context.keyRefresher = keys
             directory.slots[loop.index].context = context
             loop.startAccepting(listenFD: httpListeners[loop.index]) { _ in HTTPServerConnection(context: context) }
             if !tlsListeners.isEmpty {
@@ -101,7 +104,17 @@ public final class Relay: Sendable {
             "tls": "\(tlsBound.map { "\($0)" } ?? "off")",
             "workers": "\(group.handles.count)",
         ])
+        try keys.start()
     }
+
+    /// Re-reads the JWKS file and re-fetches the JWKS URL now (SIGHUP; blocks for the fetch).
+    /// Changed keys reach every worker; a failing source keeps its previous keys.
+    @discardableResult
+    public func reloadKeys() -> Bool {
+        keys.reload()
+    }
+
+    public var keyStats: KeyRefreshStats { keys.stats }
 
     /// Re-reads the TLS certificate and key. New connections use them; established ones keep
     /// the context they started with. A broken file leaves the old context in force.
@@ -175,6 +188,7 @@ public final class Relay: Sendable {
 
     public func shutdown() {
         group.shutdown()
+        keys.stop()
         // The directory and the contexts point at each other; with the loops joined, nothing
         // else uses them, and breaking the cycle frees every worker's state.
         for slot in workers.slots { slot.context = nil }

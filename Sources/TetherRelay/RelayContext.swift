@@ -9,7 +9,10 @@ final class RelayContext {
     let configuration: RelayConfiguration
     let stats: RelayStats
     let logger: Logger
-    let verifier: TokenVerifier
+    /// Replaced by the key refresher (posted to this loop) when the key set changes.
+    var verifier: TokenVerifier
+    /// Asked for a refresh when a token names an unknown kid.
+    var keyRefresher: KeyRefresher?
     // Unowned: the loop owns its listeners, whose handler factories hold this context.
     unowned let loop: EventLoop
     /// Every worker, to hand a connection to the one that owns its session.
