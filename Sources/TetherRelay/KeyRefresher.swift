@@ -117,7 +117,11 @@ final class KeyRefresher: Sendable {
             stats.keyRefreshes.add(1, ordering: .relaxed)
         }
         if initial.keyCount == 0 {
-            logger.warning("no JWT keys (--jwt-secret / --jwks-file / --jwks-url): every token is refused until keys arrive")
+            if fetcher == nil {
+                logger.warning("no JWT keys configured (--jwt-secret / --jwks-file / --jwks-url): every token will be refused")
+            } else {
+                logger.warning("no JWT keys yet: every token is refused until the JWKS URL answers")
+            }
         }
     }
 
