@@ -40,9 +40,10 @@ let package = Package(
         // flow control. Shared by relay, bridge and load driver.
         .target(name: "TetherTunnel", dependencies: ["TetherHTTP"]),
 
-        // Identity: JWT verification (jwt-kit), token extraction, session naming.
+        // Identity: JWT verification (jwt-kit), token extraction, session naming, JWKS fetching
+        // (blocking, for a background thread: our TLS engine and HTTP decoder, no client stack).
         .target(name: "TetherAuth", dependencies: [
-            "TetherHTTP",
+            "TetherHTTP", "TetherTLS",
             .product(name: "JWTKit", package: "jwt-kit"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
@@ -90,7 +91,7 @@ let package = Package(
         .testTarget(name: "TetherIOTests", dependencies: ["TetherIO", "TetherTLS"]),
         .testTarget(name: "TetherTunnelTests", dependencies: ["TetherTunnel", "TetherHTTP"]),
         .testTarget(name: "TetherAuthTests", dependencies: [
-            "TetherAuth", "TetherHTTP",
+            "TetherAuth", "TetherHTTP", "TetherTLS",
             .product(name: "JWTKit", package: "jwt-kit"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "CryptoExtras", package: "swift-crypto"),

@@ -1,3 +1,4 @@
+import Crypto
 import Dispatch
 import JWTKit
 
@@ -32,6 +33,7 @@ public final class TokenVerifier: Sendable {
     private let audience: String?
     let leeway: Double
     private let parser: DefaultJWTParser
+    private let keySetDigest: [UInt8]
 
     /// Number of verification keys (the HS256 secret counts as one).
     public var keyCount: Int { keys.count }
@@ -42,13 +44,15 @@ public final class TokenVerifier: Sendable {
     /// Loadable but questionable settings (e.g. a short HS256 secret), for the caller to log.
     public let warnings: [String]
 
-    /// Loads the secret and the JWKS file; throws `AuthConfigurationError` naming the problem.
+    /// Loads the secret and the JWKS file, plus `remoteJWKS`: the body fetched from
+    /// `configuration.jwksURL`, if any (the verifier itself never touches the network).
+    /// Throws `AuthConfigurationError` naming the problem.
     ///
     /// Blocks while jwt-kit builds the JWKS keys, so call it from a plain thread (startup,
     /// reload) and never from an event loop. From async code use `load(configuration:)`,
     /// which does not block a cooperative thread.
-    public convenience init(configuration: AuthConfiguration) throws {
-        let source = try KeySource(configuration)
+    public convenience init(configuration: AuthConfiguration, remoteJWKS: [UInt8]? = nil) throws {
+        let source = try KeySource(configuration, remoteJWKS: remoteJWKS)
         let jwksKeys: [VerificationKey]
         if source.jwks.isEmpty {
             jwksKeys = []
@@ -58,11 +62,18 @@ public final class TokenVerifier: Sendable {
         try self.init(configuration, source: source, jwksKeys: jwksKeys)
     }
 
-    /// Same as `init(configuration:)`, for async callers (tests, async tooling).
-    public static func load(configuration: AuthConfiguration) async throws -> TokenVerifier {
-        let source = try KeySource(configuration)
+    /// Same as `init(configuration:remoteJWKS:)`, for async callers (tests, async tooling).
+    public static func load(configuration: AuthConfiguration, remoteJWKS: [UInt8]? = nil) async throws -> TokenVerifier {
+        let source = try KeySource(configuration, remoteJWKS: remoteJWKS)
         let jwksKeys = try await source.makeJWKSKeys()
         return try TokenVerifier(configuration, source: source, jwksKeys: jwksKeys)
+    }
+
+    /// True when both verifiers hold the same keys (same material and kids, whatever the JSON
+    /// formatting), so a refresh that changed nothing need not replace the verifier (and
+    /// empty every worker's token cache).
+    public func hasSameKeys(as other: TokenVerifier) -> Bool {
+        keySetDigest == other.keySetDigest
     }
 
     private init(_ configuration: AuthConfiguration, source: KeySource, jwksKeys: [VerificationKey]) throws {
@@ -86,6 +97,7 @@ public final class TokenVerifier: Sendable {
         audience = configuration.audience.flatMap { $0.isEmpty ? nil : $0 }
         leeway = Double(max(0, configuration.leewaySeconds))
         warnings = source.warnings
+        keySetDigest = source.digest
         keySummary = keys.map { key in
             if key.isSharedSecret { return "HS256 (shared secret)" }
             return key.kid.map { "\(key.name) kid=\($0)" } ?? "\(key.name) (no kid)"
@@ -238,13 +250,27 @@ struct TokenClaims: JWTPayload {
 
 /// Everything about the configured keys that can be read without jwt-kit's actor.
 struct KeySource: Sendable {
-    var secret: VerificationKey?
-    /// JWKs to build, each with the kid it is known by (nil when the file gave none).
-    var jwks: [(kid: String?, jwk: JWK)] = []
-    var file = ""
-    var warnings: [String] = []
+    struct Entry: Sendable {
+        /// The kid the key is known by (nil when the set gave none).
+        let kid: String?
+        let jwk: JWK
+        /// "JWKS file '<path>'" or "JWKS from '<url>'", for error messages.
+        let origin: String
+    }
 
-    init(_ configuration: AuthConfiguration) throws {
+    var secret: VerificationKey?
+    var jwks: [Entry] = []
+    var warnings: [String] = []
+    /// SHA-256 over the secret and the canonical JSON of every key: equal digests, same keys.
+    private(set) var digest: [UInt8] = []
+
+    /// The signature algorithms a JWK may name; others (RSA-OAEP, ...) are encryption keys.
+    static let signatureAlgorithms: Set<String> = [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    ]
+
+    init(_ configuration: AuthConfiguration, remoteJWKS: [UInt8]? = nil) throws {
+        var hasher = SHA256()
         if let secret = configuration.hs256Secret {
             guard !secret.isEmpty else { throw AuthConfigurationError("the HS256 secret is empty") }
             if secret.utf8.count < 32 {
@@ -252,32 +278,89 @@ struct KeySource: Sendable {
             }
             self.secret = VerificationKey(kid: nil, algorithm: HS256Algorithm(secret: secret),
                                           name: "HS256", isSharedSecret: true)
+            hasher.update(data: Array("secret".utf8) + [0] + Array(SHA256.hash(data: Array(secret.utf8))))
         }
         if let path = configuration.jwksFile {
-            file = path
-            try readJWKS(path)
+            try addFileJWKS(readFile(path, what: "JWKS file"), origin: "JWKS file '\(path)'")
         }
+        if let remoteJWKS {
+            try addRemoteJWKS(remoteJWKS, origin: "JWKS from '\(configuration.jwksURL ?? "the URL")'")
+        }
+        // Sorted-key JSON of each parsed JWK: reformatting or reordering fields in the source
+        // leaves the digest alone; any change to a key or its kid changes it.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        for entry in jwks {
+            do {
+                hasher.update(data: Array((entry.kid ?? "").utf8) + [0])
+                hasher.update(data: Array(try encoder.encode(entry.jwk)) + [0])
+            } catch {
+                throw AuthConfigurationError("\(entry.origin): cannot re-encode a key: \(error)")
+            }
+        }
+        digest = Array(hasher.finalize())
     }
 
-    private mutating func readJWKS(_ path: String) throws {
-        let data = try readFile(path, what: "JWKS file")
+    /// The file is the operator's own: any problem in it is an error.
+    private mutating func addFileJWKS(_ data: Data, origin: String) throws {
         let set: JWKS
         do {
             set = try JSONDecoder().decode(JWKS.self, from: data)
         } catch {
-            throw AuthConfigurationError("JWKS file '\(path)' is not a valid JSON Web Key Set: \(error)")
+            throw AuthConfigurationError("\(origin) is not a valid JSON Web Key Set: \(jsonProblem(error))")
         }
-        guard !set.keys.isEmpty else { throw AuthConfigurationError("JWKS file '\(path)' contains no keys") }
+        guard !set.keys.isEmpty else { throw AuthConfigurationError("\(origin) contains no keys") }
         var seen = Set<String>()
         for jwk in set.keys {
             let kid = jwk.keyIdentifier?.string
             if let kid {
                 guard seen.insert(kid).inserted else {
-                    throw AuthConfigurationError("JWKS file '\(path)' has two keys with kid '\(kid)'")
+                    throw AuthConfigurationError("\(origin) has two keys with kid '\(kid)'")
                 }
             }
-            jwks.append((kid, jwk))
+            jwks.append(Entry(kid: kid, jwk: jwk, origin: origin))
         }
+    }
+
+    /// A provider's set (Keycloak, for one, lists encryption keys next to signing keys): keys
+    /// that cannot verify signatures are skipped with a warning, as long as one usable key is
+    /// left. A kid the file already has keeps the file's key.
+    private mutating func addRemoteJWKS(_ bytes: [UInt8], origin: String) throws {
+        let set: LenientJWKS
+        do {
+            set = try JSONDecoder().decode(LenientJWKS.self, from: Data(bytes))
+        } catch {
+            throw AuthConfigurationError("\(origin) is not a valid JSON Web Key Set: \(jsonProblem(error))")
+        }
+        let known = Set(jwks.compactMap(\.kid))
+        var seen = Set<String>()
+        var added = 0
+        for (index, element) in set.keys.enumerated() {
+            guard let jwk = element.jwk else {
+                warnings.append("\(origin): key #\(index + 1) skipped: \(element.error ?? "not a JWK")")
+                continue
+            }
+            let kid = jwk.keyIdentifier?.string
+            let label = kid.map { "kid '\($0)'" } ?? "key #\(index + 1) (no kid)"
+            guard let alg = jwk.algorithm?.rawValue ?? Self.defaultAlgorithm(for: jwk),
+                  Self.signatureAlgorithms.contains(alg)
+            else {
+                warnings.append("\(origin), \(label): skipped (not a signature key)")
+                continue
+            }
+            if let kid {
+                guard seen.insert(kid).inserted else {
+                    throw AuthConfigurationError("\(origin) has two keys with kid '\(kid)'")
+                }
+                if known.contains(kid) {
+                    warnings.append("\(origin), kid '\(kid)': skipped, the JWKS file has a key with this kid")
+                    continue
+                }
+            }
+            jwks.append(Entry(kid: kid, jwk: jwk, origin: origin))
+            added += 1
+        }
+        guard added > 0 else { throw AuthConfigurationError("\(origin) contains no usable signature keys") }
     }
 
     /// jwt-kit builds the `JWTAlgorithm` for each JWK; only reachable through its actor.
@@ -286,7 +369,7 @@ struct KeySource: Sendable {
         for (index, entry) in jwks.enumerated() {
             let label = entry.kid.map { "kid '\($0)'" } ?? "key #\(index + 1) (no kid)"
             guard let alg = entry.jwk.algorithm?.rawValue ?? Self.defaultAlgorithm(for: entry.jwk) else {
-                throw AuthConfigurationError("JWKS file '\(file)', \(label): no \"alg\" and none can be inferred")
+                throw AuthConfigurationError("\(entry.origin), \(label): no \"alg\" and none can be inferred")
             }
             // The collection wants a kid; a key without one gets a name used only here.
             var jwk = entry.jwk
@@ -300,7 +383,7 @@ struct KeySource: Sendable {
                 out.append(VerificationKey(kid: entry.kid, algorithm: algorithm, name: algorithm.name,
                                            isSharedSecret: false))
             } catch {
-                throw AuthConfigurationError("JWKS file '\(file)', \(label): unusable \(alg) key: \(error)")
+                throw AuthConfigurationError("\(entry.origin), \(label): unusable \(alg) key: \(error)")
             }
         }
         return out
@@ -321,6 +404,46 @@ struct KeySource: Sendable {
         case .octetKeyPair: return "EdDSA"
         default: return nil
         }
+    }
+}
+
+/// `{"keys": [...]}` where each element is decoded on its own, so one key of a type jwt-kit
+/// does not know (kty "oct", alg "RSA-OAEP-256", ...) does not sink the whole set.
+private struct LenientJWKS: Decodable {
+    struct Element: Decodable {
+        let jwk: JWK?
+        let error: String?
+
+        init(from decoder: any Decoder) throws {
+            do {
+                jwk = try JWK(from: decoder)
+                error = nil
+            } catch {
+                jwk = nil
+                self.error = "\(error)"
+            }
+        }
+    }
+
+    let keys: [Element]
+}
+
+/// One line for the log: Foundation's `DecodingError` description is a multi-line dump.
+private func jsonProblem(_ error: any Error) -> String {
+    guard let error = error as? DecodingError else { return "\(error)" }
+    func at(_ context: DecodingError.Context) -> String {
+        let path = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        return path.isEmpty ? "" : "at \(path): "
+    }
+    switch error {
+    case .dataCorrupted(let context):
+        return at(context) + context.debugDescription
+    case .keyNotFound(let key, let context):
+        return at(context) + "missing \"\(key.stringValue)\""
+    case .typeMismatch(_, let context), .valueNotFound(_, let context):
+        return at(context) + context.debugDescription
+    @unknown default:
+        return "\(error)"
     }
 }
 

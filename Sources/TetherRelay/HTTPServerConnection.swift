@@ -371,6 +371,8 @@ final class HTTPServerConnection: ConnectionHandler {
             context.stats.authFailures.addFromOwner()
             if let address { _ = context.shared.authFailureLimiter.allow(address, now: context.loop.nowMilliseconds) }
             context.recordAuthFailure(failure, peer: connection.remoteAddress, kind: kind)
+            // The issuer may have just published the key: refetch soon (rate-limited, off-loop).
+            if failure == .unknownKey { context.keyRefresher?.requestRefresh() }
         }
         return result
     }

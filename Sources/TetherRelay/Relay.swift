@@ -28,7 +28,7 @@ public final class Relay: Sendable {
     private let tlsBox: TLSContextBox?
     private let workerStats: [RelayStats]
     private let bound = Mutex<(http: SocketAddress?, tls: SocketAddress?)>((nil, nil))
-    private let verifier: TokenVerifier
+    private let keys: KeyRefresher
     private let workers: WorkerDirectory
     private let shared: RelayShared
     private let maxConnections: Int
@@ -42,10 +42,12 @@ public final class Relay: Sendable {
         io.workers = max(1, configuration.workers)
         self.group = try EventLoopGroup(configuration: io)
         self.workerStats = (0..<io.workers).map { _ in RelayStats() }
-        self.workers = WorkerDirectory(handles: group.handles)
-        self.verifier = try TokenVerifier(configuration: configuration.auth)
-        if verifier.keyCount == 0 {
-            logger.warning("no JWT keys configured (--jwt-secret / --jwks-file): every token will be refused")
+        let workers = WorkerDirectory(handles: group.handles)
+        self.workers = workers
+        self.keys = try KeyRefresher(configuration: configuration.auth, logger: logger) { verifier in
+            for handle in workers.handles {
+                handle.execute { loop in workers.context(of: loop.index)?.verifier = verifier }
+            }
         }
         if configuration.tlsPort != nil {
             self.tlsBox = TLSContextBox(try Relay.loadTLS(configuration))
@@ -101,12 +103,13 @@ public final class Relay: Sendable {
         let stats = workerStats
         let tlsBox = self.tlsBox
         let (httpListeners, tlsListeners) = (httpFDs, tlsFDs)
-        let (logger, verifier, directory) = (self.logger, self.verifier, self.workers)
+        let (logger, keys, directory) = (self.logger, self.keys, self.workers)
         let (shared, maxConnections) = (self.shared, self.maxConnections)
         try group.start { loop in
             let context = RelayContext(configuration: configuration, stats: stats[loop.index], logger: logger,
-                                       verifier: verifier, shared: shared, loop: loop, workers: directory,
+                                       verifier: keys.current, shared: shared, loop: loop, workers: directory,
                                        maxConnections: maxConnections)
+            context.keyRefresher = keys
             directory.slots[loop.index].context = context
             loop.startAccepting(listenFD: httpListeners[loop.index]) { _ in HTTPServerConnection(context: context) }
             if !tlsListeners.isEmpty {
@@ -119,8 +122,18 @@ public final class Relay: Sendable {
             "workers": "\(group.handles.count)",
             "max_connections": "\(maxConnections)",
         ])
+        try keys.start()
         shared.audit.record("relay_started", ["http": .string("\(httpBound)"), "workers": .int(group.handles.count)])
     }
+
+    /// Re-reads the JWKS file and re-fetches the JWKS URL now (SIGHUP; blocks for the fetch).
+    /// Changed keys reach every worker; a failing source keeps its previous keys.
+    @discardableResult
+    public func reloadKeys() -> Bool {
+        keys.reload()
+    }
+
+    public var keyStats: KeyRefreshStats { keys.stats }
 
     /// Re-reads the TLS certificate and key. New connections use them; established ones keep
     /// the context they started with. A broken file leaves the old context in force.
@@ -194,6 +207,7 @@ public final class Relay: Sendable {
 
     public func shutdown() {
         group.shutdown()
+        keys.stop()
         // The directory and the contexts point at each other; with the loops joined, nothing
         // else uses them, and breaking the cycle frees every worker's state.
         for slot in workers.slots { slot.context = nil }

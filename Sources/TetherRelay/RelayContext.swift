@@ -10,7 +10,10 @@ final class RelayContext {
     let configuration: RelayConfiguration
     let stats: RelayStats
     let logger: Logger
+    /// Replaced by the key refresher (posted to this loop) when the key set changes.
     var verifier: TokenVerifier
+    /// Asked for a refresh when a token names an unknown kid.
+    var keyRefresher: KeyRefresher?
     let shared: RelayShared
     // Unowned: the loop owns its listeners, whose handler factories hold this context.
     unowned let loop: EventLoop

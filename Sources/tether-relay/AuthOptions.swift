@@ -39,3 +39,49 @@ struct AuthOptions: ParsableArguments {
         return c
     }
 }
+
+/// Where JWKS keys are refreshed from, for `run` only.
+struct JWKSOptions: ParsableArguments {
+    @Option(help: "JWKS URL, e.g. https://<tenant>.auth0.com/.well-known/jwks.json (or env TETHER_JWKS_URL; http:// only for loopback hosts).")
+    var jwksUrl: String?
+    @Option(help: "PEM CA bundle that verifies the JWKS server (default: the system's trust roots).")
+    var jwksCaFile: String?
+    @Option(help: "Seconds between re-reads of --jwks-file and re-fetches of --jwks-url.")
+    var jwksRefreshInterval = 300.0
+    @Option(help: "Least seconds between refreshes caused by tokens with an unknown kid.")
+    var jwksMinRefreshInterval = 30.0
+
+    var url: String? {
+        if let jwksUrl { return jwksUrl }
+        guard let raw = getenv("TETHER_JWKS_URL") else { return nil }
+        let value = String(cString: raw)
+        return value.isEmpty ? nil : value
+    }
+
+    func validate() throws {
+        if let url {
+            do {
+                _ = try JWKSURL(url)
+            } catch {
+                throw ValidationError("--jwks-url: \(error)")
+            }
+        }
+        if let jwksCaFile {
+            guard url != nil else { throw ValidationError("--jwks-ca-file needs --jwks-url") }
+            guard access(jwksCaFile, R_OK) == 0 else { throw ValidationError("--jwks-ca-file: cannot read '\(jwksCaFile)'") }
+        }
+        guard jwksRefreshInterval >= 1 && jwksRefreshInterval <= 86_400 else {
+            throw ValidationError("--jwks-refresh-interval must be between 1 and 86400 seconds")
+        }
+        guard jwksMinRefreshInterval >= 1 && jwksMinRefreshInterval <= 86_400 else {
+            throw ValidationError("--jwks-min-refresh-interval must be between 1 and 86400 seconds")
+        }
+    }
+
+    func apply(to c: inout AuthConfiguration) {
+        c.jwksURL = url
+        c.jwksCAFile = jwksCaFile
+        c.jwksRefreshSeconds = jwksRefreshInterval
+        c.jwksMinRefreshSeconds = jwksMinRefreshInterval
+    }
+}

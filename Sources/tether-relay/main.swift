@@ -44,6 +44,7 @@ struct Run: ParsableCommand {
     var logLevel = "info"
 
     @OptionGroup var auth: AuthOptions
+    @OptionGroup var jwks: JWKSOptions
 
     @Option(help: "Seconds SIGTERM waits for streams in flight (after GOAWAY to every bridge) before exiting.")
     var drainTimeout = 30.0
@@ -88,6 +89,7 @@ struct Run: ParsableCommand {
             guard value > 0 && value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
         }
         try auth.validate()
+        try jwks.validate()
     }
 
     func run() throws {
@@ -112,6 +114,7 @@ struct Run: ParsableCommand {
         configuration.idleTimeoutMilliseconds = UInt64(idleTimeout * 1000)
         configuration.webSocketIdleTimeoutMilliseconds = UInt64(wsIdleTimeout * 1000)
         configuration.auth = auth.configuration
+        jwks.apply(to: &configuration.auth)
         configuration.tunnel.streamWindow = streamWindow
         configuration.tunnel.tunnelWindow = tunnelWindow
         configuration.tunnel.maxStreams = tunnelMaxStreams
@@ -139,6 +142,7 @@ struct Run: ParsableCommand {
             guard sigwait(&signals, &received) == 0 else { continue }
             if received == SIGHUP {
                 relay.reloadTLS()
+                relay.reloadKeys()
                 continue
             }
             logger.info("shutting down", metadata: ["signal": "\(received)"])
