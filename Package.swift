@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "TetherWebSocket", targets: ["TetherWebSocket"]),
         .library(name: "TetherIO", targets: ["TetherIO"]),
         .library(name: "TetherTunnel", targets: ["TetherTunnel"]),
+        .library(name: "TetherAuth", targets: ["TetherAuth"]),
+        .library(name: "TetherQuota", targets: ["TetherQuota"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
