@@ -122,8 +122,9 @@ public struct JWKSFetcher: Sendable {
         self.caFile = caFile
     }
 
-    /// The response body of a 200.
-    public func fetch() throws(JWKSFetchError) -> [UInt8] {
+    /// The response body of a 200. Gives up early ("cancelled") once `cancelFD`, if given,
+    /// becomes readable (the caller is shutting down).
+    public func fetch(cancelFD: Int32? = nil) throws(JWKSFetchError) -> [UInt8] {
         // The context is built per fetch (tens of milliseconds at most), so a replaced CA file
         // is picked up without a restart.
         var tls: TLSConnection?
@@ -136,9 +137,9 @@ public struct JWKSFetcher: Sendable {
             }
         }
         let deadline = monotonicSeconds() + timeoutSeconds
-        let fd = try connect(deadline: deadline)
+        let fd = try connect(deadline: deadline, cancelFD: cancelFD)
         defer { close(fd) }
-        var transport = Transport(fd: fd, tls: tls, deadline: deadline, url: url)
+        var transport = Transport(fd: fd, tls: tls, deadline: deadline, cancelFD: cancelFD, url: url)
 
         let request = "GET \(url.target) HTTP/1.1\r\nHost: \(url.hostHeader)\r\nAccept: application/json\r\n"
             + "User-Agent: tether-relay\r\nConnection: close\r\n\r\n"
@@ -196,7 +197,7 @@ public struct JWKSFetcher: Sendable {
     }
 
     /// Tries each resolved address in turn; for http:// every one must be loopback.
-    private func connect(deadline: Double) throws(JWKSFetchError) -> Int32 {
+    private func connect(deadline: Double, cancelFD: Int32?) throws(JWKSFetchError) -> Int32 {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -227,14 +228,18 @@ public struct JWKSFetcher: Sendable {
             var error = errno
             if error == EINPROGRESS {
                 let wait = min(connectTimeoutSeconds, deadline - monotonicSeconds())
-                if wait > 0, waitFor(fd, events: Int16(POLLOUT), seconds: wait) {
+                switch wait > 0 ? waitFor(fd, events: Int16(POLLOUT), seconds: wait, cancelFD: cancelFD) : .timedOut {
+                case .ready:
                     var soError: Int32 = 0
                     var length = socklen_t(MemoryLayout<Int32>.size)
                     getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length)
                     if soError == 0 { return fd }
                     error = soError
-                } else {
+                case .timedOut:
                     error = ETIMEDOUT
+                case .cancelled:
+                    close(fd)
+                    throw JWKSFetchError("JWKS \(url): cancelled")
                 }
             }
             lastError = String(cString: strerror(error))
@@ -266,13 +271,15 @@ private struct Transport {
     let fd: Int32
     let tls: TLSConnection?
     let deadline: Double
+    let cancelFD: Int32?
     let url: JWKSURL
     var eofFed = false
 
-    init(fd: Int32, tls: TLSConnection?, deadline: Double, url: JWKSURL) {
+    init(fd: Int32, tls: TLSConnection?, deadline: Double, cancelFD: Int32?, url: JWKSURL) {
         self.fd = fd
         self.tls = tls
         self.deadline = deadline
+        self.cancelFD = cancelFD
         self.url = url
     }
 
@@ -353,20 +360,31 @@ private struct Transport {
 
     private func wait(_ events: Int16) throws(JWKSFetchError) {
         let left = deadline - monotonicSeconds()
-        guard left > 0, waitFor(fd, events: events, seconds: left) else {
-            throw JWKSFetchError("JWKS \(url): timed out")
+        switch left > 0 ? waitFor(fd, events: events, seconds: left, cancelFD: cancelFD) : .timedOut {
+        case .ready: return
+        case .timedOut: throw JWKSFetchError("JWKS \(url): timed out")
+        case .cancelled: throw JWKSFetchError("JWKS \(url): cancelled")
         }
     }
 }
 
-/// True when `fd` is ready for `events` (or has an error to report) within `seconds`.
-private func waitFor(_ fd: Int32, events: Int16, seconds: Double) -> Bool {
-    var pfd = pollfd(fd: fd, events: events, revents: 0)
+private enum WaitResult {
+    case ready
+    case timedOut
+    case cancelled
+}
+
+/// Waits until `fd` is ready for `events` (or has an error to report), `seconds` pass, or
+/// `cancelFD` becomes readable.
+private func waitFor(_ fd: Int32, events: Int16, seconds: Double, cancelFD: Int32?) -> WaitResult {
+    var pfds = [pollfd(fd: fd, events: events, revents: 0), pollfd(fd: cancelFD ?? -1, events: Int16(POLLIN), revents: 0)]
     let ms = Int32(min(max(seconds * 1000, 1), Double(Int32.max)))
     while true {
-        let rc = poll(&pfd, 1, ms)
+        let rc = poll(&pfds, 2, ms)  // a negative fd is ignored by poll
         if rc < 0 && errno == EINTR { continue }  // a retry may wait a little longer; harmless here
-        return rc > 0
+        if rc <= 0 { return .timedOut }
+        if pfds[1].revents != 0 { return .cancelled }
+        return .ready
     }
 }
 

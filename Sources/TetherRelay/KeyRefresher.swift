@@ -4,6 +4,7 @@ import Logging
 import Synchronization
 import TetherAuth
 import TetherIO
+import TetherTLS
 
 /// Key refresh counters, per process: a refresh happens every few minutes, not per request.
 public final class KeyRefreshStats: Sendable {
@@ -48,9 +49,11 @@ final class KeyRefresher: Sendable {
     private let requested = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
     private let running = Atomic<Bool>(false)
-    /// A pipe that wakes the thread (read end, write end); closed in deinit, when neither the
-    /// thread nor the relay can use it any more.
+    /// Pipes (read end, write end): `wake` nudges the thread; `stop` is written once and never
+    /// drained, so a fetch in flight sees it too and gives up. Closed in deinit, when neither
+    /// the thread nor the relay can use them any more.
     private let wakeFDs: (read: Int32, write: Int32)
+    private let stopFDs: (read: Int32, write: Int32)
 
     /// Loads the keys once, blocking (startup, main thread). A bad secret or JWKS file throws,
     /// as before; an unreachable or invalid URL does not: the relay starts with the other keys
@@ -67,16 +70,18 @@ final class KeyRefresher: Sendable {
         } else {
             fetcher = nil
         }
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else {
-            throw AuthConfigurationError("pipe for the key refresher: \(String(cString: strerror(errno)))")
+        let wake = try Self.makePipe()
+        let stop: (read: Int32, write: Int32)
+        do {
+            stop = try Self.makePipe()
+        } catch {
+            close(wake.read)
+            close(wake.write)
+            throw error
         }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        wakeFDs = (fds[0], fds[1])
-        let closeWake = { for fd in fds { close(fd) } }
+        wakeFDs = wake
+        stopFDs = stop
+        let closeWake = { for fd in [wake.read, wake.write, stop.read, stop.write] { close(fd) } }
 
         var remote: [UInt8]?
         var failure: String?
@@ -125,9 +130,21 @@ final class KeyRefresher: Sendable {
         }
     }
 
+    /// Non-blocking and close-on-exec.
+    private static func makePipe() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else {
+            throw AuthConfigurationError("pipe for the key refresher: \(String(cString: strerror(errno)))")
+        }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        return (fds[0], fds[1])
+    }
+
     deinit {
-        close(wakeFDs.read)
-        close(wakeFDs.write)
+        for fd in [wakeFDs.read, wakeFDs.write, stopFDs.read, stopFDs.write] { close(fd) }
     }
 
     /// The verifier new workers start with.
@@ -145,6 +162,8 @@ final class KeyRefresher: Sendable {
             guard let raw else { return nil }
             let refresher = Unmanaged<KeyRefresher>.fromOpaque(raw).takeRetainedValue()
             refresher.run()
+            releaseOpenSSLThreadState()
+            refresher.running.store(false, ordering: .releasing)
             return nil
         }, box)
         guard rc == 0 else {
@@ -152,12 +171,12 @@ final class KeyRefresher: Sendable {
             running.store(false, ordering: .releasing)
             throw AuthConfigurationError("cannot start the key refresh thread: \(String(cString: strerror(rc)))")
         }
-        // Detached: `stop()` does not wait for a fetch in flight (bounded by its timeout).
+        // Detached: `stop()` waits for it, but only so long (name resolution cannot be cut short).
         pthread_detach(thread)
     }
 
     /// Asks for a refresh soon (a token named a kid we do not know). Any thread, never blocks:
-    /// one atomic load while a request is pending, one eventfd write per refresh otherwise.
+    /// one atomic load while a request is pending, one pipe write per refresh otherwise.
     func requestRefresh() {
         guard !requested.load(ordering: .relaxed) else { return }
         if !requested.exchange(true, ordering: .acquiringAndReleasing) { wake() }
@@ -169,9 +188,13 @@ final class KeyRefresher: Sendable {
         refresh(reason: "reload")
     }
 
+    /// Stops the thread and waits for it (up to 5 s): a fetch in flight is cancelled, and the
+    /// thread's OpenSSL state is freed before the process exits.
     func stop() {
-        stopping.store(true, ordering: .releasing)
-        wake()
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        var one: UInt8 = 1
+        _ = write(stopFDs.write, &one, 1)
+        for _ in 0..<500 where running.load(ordering: .acquiring) { usleep(10_000) }
     }
 
     private func wake() {
@@ -180,7 +203,6 @@ final class KeyRefresher: Sendable {
     }
 
     private func run() {
-        defer { running.store(false, ordering: .releasing) }
         while !stopping.load(ordering: .acquiring) {
             let (last, failing) = sources.withLock { ($0.lastAttempt, $0.failing) }
             var due = last + (failing ? retryInterval : refreshInterval)
@@ -192,9 +214,10 @@ final class KeyRefresher: Sendable {
                 refresh(reason: asked ? "unknown kid" : "periodic")
                 continue
             }
-            var pfd = pollfd(fd: wakeFDs.read, events: Int16(POLLIN), revents: 0)
+            var pfds = [pollfd(fd: wakeFDs.read, events: Int16(POLLIN), revents: 0),
+                        pollfd(fd: stopFDs.read, events: Int16(POLLIN), revents: 0)]
             let ms = Int32(min((due - now) * 1000 + 1, 3_600_000))
-            if poll(&pfd, 1, ms) > 0 {
+            if poll(&pfds, 2, ms) > 0, pfds[0].revents != 0 {
                 var drain = [UInt8](repeating: 0, count: 64)
                 while read(wakeFDs.read, &drain, drain.count) > 0 {}
             }
@@ -210,11 +233,12 @@ final class KeyRefresher: Sendable {
             var remote = state.remote
             if let fetcher {
                 do {
-                    remote = try fetcher.fetch()
+                    remote = try fetcher.fetch(cancelFD: stopFDs.read)
                 } catch {
                     failures.append("\(error)")
                 }
             }
+            if stopping.load(ordering: .acquiring) { return false }  // cancelled: not a failure
             var built: TokenVerifier?
             do {
                 built = try TokenVerifier(configuration: configuration, remoteJWKS: remote)

@@ -105,6 +105,29 @@ import TetherTLS
         #expect(fetchError([], timeout: 0.5, hangUp: false).contains("timed out"))
     }
 
+    @Test func cancellation() throws {
+        let server = try LoopbackServer(response: [], hangUp: false)
+        var fetcher = try JWKSFetcher(url: "http://127.0.0.1:\(server.port)/jwks")
+        fetcher.timeoutSeconds = 30
+        var fds: [Int32] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        defer { for fd in fds { close(fd) } }
+        let cancelWrite = fds[1]
+        Thread {
+            usleep(200_000)
+            var one: UInt8 = 1
+            _ = write(cancelWrite, &one, 1)
+        }.start()
+        let start = Date()
+        do {
+            _ = try fetcher.fetch(cancelFD: fds[0])
+            Issue.record("fetched")
+        } catch {
+            #expect(error.message.contains("cancelled"))
+        }
+        #expect(Date().timeIntervalSince(start) < 5)
+    }
+
     @Test func connectionRefused() throws {
         let port = try LoopbackServer.unusedPort()
         let fetcher = try JWKSFetcher(url: "http://127.0.0.1:\(port)/jwks")
