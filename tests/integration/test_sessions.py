@@ -27,11 +27,22 @@ def quota_relay(tunnel_relay_factory, *args, **kw):
 
 def audit_events(relay, event: str | None = None) -> list[dict]:
     lines = []
-    for raw in relay.stdout_path.read_text().splitlines():
+    # Only complete lines: the writer thread may be mid-write.
+    for raw in relay.stdout_path.read_text().split("\n")[:-1]:
         doc = json.loads(raw)  # every line must be JSON
         if event is None or doc["event"] == event:
             lines.append(doc)
     return lines
+
+
+def wait_audit(relay, event: str, timeout: float = 3.0) -> list[dict]:
+    """The audit events of that kind, waiting for the first: a writer thread appends them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = audit_events(relay, event)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -145,7 +156,7 @@ def test_bridge_limit_4008(tunnel_relay_factory, mint_token):
                 r = await http(relay, "GET", "/api/ollama/info", alice)
                 assert r.status == 200
         await asyncio.sleep(0.2)
-        assert any(e["quota"] == "bridges" for e in audit_events(relay, "quota_rejected"))
+        assert any(e["quota"] == "bridges" for e in wait_audit(relay, "quota_rejected"))
 
     run(main())
 
@@ -274,7 +285,7 @@ def test_idle_session_without_bridge_is_removed_at_deadline(tunnel_relay_factory
         await wait_for(lambda: _gone(relay, alice), 6, "session removal")
         elapsed = time.monotonic() - t0
         assert 1.8 <= elapsed <= 3.5, elapsed
-        removed = audit_events(relay, "session_removed")
+        removed = wait_audit(relay, "session_removed")
         assert removed and removed[-1]["reason"] == "idle"
 
     async def _gone(relay, tok):
@@ -302,13 +313,13 @@ def test_parked_bridge_survives_and_revives(tunnel_relay_factory, mint_token):
             # Parked: the bridge stays connected (pings are not activity).
             assert not b.closed.is_set()
             await wait_bridges(relay, alice, 1)
-            idled = audit_events(relay, "session_idled")
+            idled = wait_audit(relay, "session_idled")
             assert idled and idled[-1]["reason"] == "idle" and idled[-1]["bridges"] == 1
             # The next request revives it transparently.
             r = await http(relay, "GET", "/api/ollama/info", alice)
             assert r.status == 200
             assert (await status(relay, alice))["status"] == "running"
-            assert audit_events(relay, "session_revived")
+            assert wait_audit(relay, "session_revived")
         # Bridge gone and idle: removed.
         await wait_for(lambda: _is(relay, alice, "not-found"), 6, "removal")
 
@@ -506,7 +517,7 @@ def test_failed_auth_limit_per_address(tunnel_relay_factory, mint_token):
     assert data.startswith(b"HTTP/1.1 429") and b"AUTH_RATE_LIMITED" in data and b"Retry-After:" in data, data
     # Another address is unaffected.
     assert not _bound_request(relay, "127.0.0.3", good).startswith(b"HTTP/1.1 429")
-    failures = audit_events(relay, "auth_failure")
+    failures = wait_audit(relay, "auth_failure")
     assert failures and failures[0]["address"] == "127.0.0.2" and failures[0]["reason"] == "malformed"
 
 
@@ -591,12 +602,13 @@ def test_audit_log_events_and_no_user_data(tunnel_relay_factory, mint_token):
     time.sleep(0.3)
     text = relay.stdout_path.read_text()
     assert "secret-body-content" not in text and "secret-header-value" not in text
+    wait_audit(relay, "auth_failure")
     events = [e["event"] for e in audit_events(relay)]
     for want in ("session_created", "bridge_connected", "bridge_disconnected", "auth_failure"):
         assert want in events, events
-    created = audit_events(relay, "session_created")[0]
+    created = wait_audit(relay, "session_created")[0]
     assert created["sub"] == "alice" and len(created["session"]) == 64 and created["tier"] == "default"
-    connected = audit_events(relay, "bridge_connected")[0]
+    connected = wait_audit(relay, "bridge_connected")[0]
     assert connected["protocol"] == "tether.v1" and connected["address"].startswith("127.0.0.1:")
     for e in audit_events(relay):
         assert e["ts"].endswith("Z")
