@@ -465,7 +465,8 @@ final class HTTPServerConnection: ConnectionHandler {
         let leftover = decoder.takeBufferedBytes()
         phase = .done
         // Reconnect storms and brute force, per client address (close 4029 with a reason).
-        if let address = limitedAddress(connection) {
+        let address = limitedAddress(connection)
+        if let address {
             let limiter = context.shared.handshakeLimiter
             if limiter.isEnabled && !limiter.allow(address, now: context.loop.nowMilliseconds) {
                 context.recordQuotaRejection(.handshakes, session: nil)
@@ -479,7 +480,7 @@ final class HTTPServerConnection: ConnectionHandler {
         }
         let identity: Identity
         switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: true)?.token,
-                           address: limitedAddress(connection), connection: connection, kind: "bridge") {
+                           address: address, connection: connection, kind: "bridge") {
         case .success(let verified):
             identity = verified
         case .failure(let failure):

@@ -215,7 +215,5 @@ public final class Relay: Sendable {
         shared.audit.close()
     }
 
-    /// Sessions on all workers (asks each loop; for tests and status, not the data path).
-    public var sessionCount: Int { shared.sessionCount.load(ordering: .relaxed) }
 }
 #endif

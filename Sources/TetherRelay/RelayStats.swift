@@ -31,12 +31,30 @@ public final class RelayStats: Sendable {
     /// By quota, indexed like `Quota.allCases`.
     public let quotaRejections: [Counter]
     public init() {
-        quotaRejections = (0..<8).map { _ in Counter() }
+        quotaRejections = Quota.allCases.map { _ in Counter() }
     }
 
     /// A counter that can live in an array (Atomic cannot be copied into one).
     public final class Counter: Sendable {
         public let value = Atomic<UInt64>(0)
         public func addFromOwner() { value.addFromOwner() }
+    }
+}
+
+/// The quotas a request or bridge can be refused for (metric and audit labels, JSON codes).
+enum Quota: Int, CaseIterable {
+    case bridges, streams, rate, bodySize, headerSize, capacity, handshakes, authFailures
+
+    var label: String {
+        switch self {
+        case .bridges: return "bridges"
+        case .streams: return "streams"
+        case .rate: return "rate"
+        case .bodySize: return "body_size"
+        case .headerSize: return "header_size"
+        case .capacity: return "capacity"
+        case .handshakes: return "handshakes"
+        case .authFailures: return "auth_failures"
+        }
     }
 }

@@ -175,8 +175,8 @@ final class Session {
         _ = upstreamBucket?.takeUpTo(bytes, now: now)
     }
 
+    /// Bytes down are counted as they arrive (streamDidReceiveData); this only takes tokens.
     func chargeDownstream(_ bytes: Int, now: UInt64) {
-        bytesDown &+= UInt64(bytes)
         lastActivity = now
         _ = downstreamBucket?.takeUpTo(bytes, now: now)
     }

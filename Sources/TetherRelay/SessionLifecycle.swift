@@ -220,21 +220,4 @@ extension RelayContext {
     }
 }
 
-/// The quotas a request or bridge can be refused for (metric and audit labels, JSON codes).
-enum Quota: Int, CaseIterable {
-    case bridges, streams, rate, bodySize, headerSize, capacity, handshakes, authFailures
-
-    var label: String {
-        switch self {
-        case .bridges: return "bridges"
-        case .streams: return "streams"
-        case .rate: return "rate"
-        case .bodySize: return "body_size"
-        case .headerSize: return "header_size"
-        case .capacity: return "capacity"
-        case .handshakes: return "handshakes"
-        case .authFailures: return "auth_failures"
-        }
-    }
-}
 #endif
