@@ -32,9 +32,13 @@ public final class Relay: Sendable {
     private let workers: WorkerDirectory
     private let shared: RelayShared
     private let maxConnections: Int
+    /// Reads the configuration again (file, environment, the original flags) for a reload.
+    private let reloadSource: (@Sendable () throws -> RelayConfiguration)?
 
-    public init(configuration: RelayConfiguration, logger: Logger) throws {
+    public init(configuration: RelayConfiguration, logger: Logger,
+                reload: (@Sendable () throws -> RelayConfiguration)? = nil) throws {
         self.configuration = configuration
+        self.reloadSource = reload
         self.logger = logger
         self.shared = RelayShared(configuration: configuration, audit: try AuditLog(destination: configuration.auditLog))
         self.maxConnections = configuration.maxConnections ?? Relay.defaultMaxConnections()
@@ -134,6 +138,13 @@ public final class Relay: Sendable {
     }
 
     public var keyStats: KeyRefreshStats { keys.stats }
+
+    /// SIGHUP and POST /admin/reload: reloads off the calling thread (a slow JWKS server must
+    /// not hold up the signal thread, and a SIGTERM behind it).
+    public func requestReload() {
+        let relay = self
+        BackgroundThread.run { _ = relay.reloadTLS(); _ = relay.reloadKeys() }
+    }
 
     /// Re-reads the TLS certificate and key. New connections use them; established ones keep
     /// the context they started with. A broken file leaves the old context in force.

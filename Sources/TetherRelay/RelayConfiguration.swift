@@ -1,3 +1,4 @@
+import Logging
 import TetherAuth
 import TetherHTTP
 import TetherIO
@@ -58,5 +59,34 @@ public struct RelayConfiguration: Sendable {
     public var addressLimitsExemptLoopback = true
     public var auditLog = AuditLog.Destination.standardOutput
 
+    // Operations (docs/CONFIGURATION.md).
+    /// The admin listener (GET /metrics, /healthz, /readyz, the /admin API). nil port: off.
+    public var adminHost = "127.0.0.1"
+    public var adminPort: Int? = 9464
+    /// Bearer token for /admin/*; nil: every admin call gets 401.
+    public var adminToken: String?
+    /// Also serve GET /metrics on the main listeners (public: off by default).
+    public var metricsOnMainListener = false
+    /// Seconds SIGTERM waits for streams in flight (after GOAWAY to every bridge) before exiting.
+    public var drainTimeoutSeconds: Double = 30
+    public var logging = LogConfiguration()
+
     public init() {}
+}
+
+/// Log format and levels, per module (logger label). Reloadable.
+public struct LogConfiguration: Sendable, Equatable {
+    public enum Format: String, Sendable, CaseIterable {
+        case text, json
+    }
+    public var level: Logger.Level = .info
+    public var format = Format.text
+    /// Overrides by logger label, e.g. "tether.tunnel": .debug.
+    public var moduleLevels: [String: Logger.Level] = [:]
+
+    public init() {}
+
+    public func level(for label: String) -> Logger.Level {
+        moduleLevels[label] ?? level
+    }
 }
