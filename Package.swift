@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "TetherTunnel", targets: ["TetherTunnel"]),
         .library(name: "TetherAuth", targets: ["TetherAuth"]),
         .library(name: "TetherQuota", targets: ["TetherQuota"]),
+        .library(name: "TetherMetrics", targets: ["TetherMetrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -54,6 +55,9 @@ let package = Package(
         // Pure Swift, no I/O on the data path, no dependencies.
         .target(name: "TetherQuota"),
 
+        // Prometheus text exposition and lock-free per-worker histograms. Pure Swift.
+        .target(name: "TetherMetrics"),
+
         // TLS engine over OpenSSL memory BIOs (sans-I/O as well: ciphertext in/out).
         .target(name: "TetherTLS", dependencies: ["COpenSSL"]),
 
@@ -63,6 +67,7 @@ let package = Package(
         // The relay: HTTP routing, WebSocket endpoints, sessions, quotas and tunnels.
         .target(name: "TetherRelay", dependencies: [
             "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel", "TetherAuth", "TetherQuota",
+            "TetherMetrics",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "tether-relay", dependencies: [
@@ -99,5 +104,6 @@ let package = Package(
             .product(name: "CryptoExtras", package: "swift-crypto"),
         ]),
         .testTarget(name: "TetherQuotaTests", dependencies: ["TetherQuota"]),
+        .testTarget(name: "TetherMetricsTests", dependencies: ["TetherMetrics"]),
     ]
 )

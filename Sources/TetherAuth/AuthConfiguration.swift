@@ -1,5 +1,5 @@
 /// Where verification keys come from and which claims a token must carry.
-public struct AuthConfiguration: Sendable {
+public struct AuthConfiguration: Sendable, Equatable {
     /// Shared secret for HS256 tokens (UTF-8 bytes of the string are the key).
     public var hs256Secret: String?
     /// Path of a local JWKS JSON file with RS/PS/ES/EdDSA public keys, selected by `kid`.

@@ -1,6 +1,6 @@
 /// Why a request could not be authenticated. Each case maps to a stable HTTP error code, a short
 /// reason (401 messages, WebSocket 4001 close reasons) and a bounded metric label.
-public enum AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
+public enum AuthFailure: Error, Sendable, Equatable, CaseIterable, CustomStringConvertible {
     case missing
     case malformed
     case expired

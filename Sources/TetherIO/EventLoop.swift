@@ -328,9 +328,15 @@ public final class EventLoop {
         armAccept(listener)
     }
 
-    /// Stops accepting on every listener of this loop (drain) and closes the listening sockets.
+    /// Stops accepting on every listener of this loop and closes the listening sockets.
     public func stopAccepting() {
-        for l in listeners where !l.closed {
+        stopAccepting(where: { _ in true })
+    }
+
+    /// Stops accepting on the listeners whose descriptor matches (drain keeps the admin
+    /// listener open so that readiness and metrics stay visible).
+    public func stopAccepting(where matches: (Int32) -> Bool) {
+        for l in listeners where !l.closed && matches(l.fd) {
             l.closed = true
             if !l.armed {
                 // Backing off after EMFILE: no completion will come to close it later.

@@ -40,9 +40,14 @@ final class ProxyExchange {
     var heldEnd = false
     /// Response bytes written to the client but not yet credited back to the bridge.
     var owedCredit = 0
+    /// Monotonic nanoseconds when the request was admitted (duration and time to first byte).
+    let startedNanos: UInt64
+    /// The duration histogram has it (each exchange is observed once).
+    var timed = false
 
     init(bridge: Bridge, stream: StreamID, head: TunnelRequestHead, keepAlive: Bool, headOnly: Bool,
-         version: HTTPVersion, session: Session, openedWithoutBody: Bool) {
+         version: HTTPVersion, session: Session, openedWithoutBody: Bool, startedNanos: UInt64) {
+        self.startedNanos = startedNanos
         self.bridge = bridge
         self.stream = stream
         self.head = head
@@ -81,6 +86,7 @@ extension HTTPServerConnection: StreamClient {
     func startProxy(_ head: HTTPRequestHead, _ identity: Identity, _ connection: Connection) {
         let keepAlive = head.isKeepAlive
         let headOnly = head.method == "HEAD"
+        let started = context.monotonicNanoseconds()
         guard let session = context.sessions.existing(identity.session), session.isConnected else {
             context.stats.streamsFailed.addFromOwner()
             respond(connection, status: 503, code: "TUNNEL_NOT_AVAILABLE",
@@ -134,7 +140,7 @@ extension HTTPServerConnection: StreamClient {
         }
         proxy = ProxyExchange(bridge: bridge, stream: stream, head: tunnelHead, keepAlive: keepAlive,
                               headOnly: head.method == "HEAD", version: head.version, session: session,
-                              openedWithoutBody: !hasBody)
+                              openedWithoutBody: !hasBody, startedNanos: started)
         phase = .body(.proxy)
         connection.setDeadline(milliseconds: context.configuration.streamIdleTimeoutMilliseconds)
     }
@@ -258,7 +264,10 @@ extension HTTPServerConnection: StreamClient {
                                           endStream: end)
                 }
                 proxy.heldOffset += taken
-                if taken > 0 { proxy.session.chargeUpstream(taken, now: now) }
+                if taken > 0 {
+                    proxy.session.chargeUpstream(taken, now: now)
+                    context.stats.tunnelBytesUp.addFromOwner(UInt64(taken))
+                }
             }
         }
         guard proxy.heldOffset >= proxy.held.count else {
@@ -295,6 +304,7 @@ extension HTTPServerConnection: StreamClient {
     func streamDidReceiveResponse(_ head: TunnelResponseHead, endStream: Bool) {
         guard let proxy, let connection, connection.isOpen, case .awaitingHead = proxy.response else { return }
         connection.setDeadline(milliseconds: context.configuration.streamIdleTimeoutMilliseconds)
+        context.stats.timeToFirstByte.observe(nanoseconds: context.monotonicNanoseconds() &- proxy.startedNanos)
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 2)
         var hasLength = false
@@ -343,6 +353,7 @@ extension HTTPServerConnection: StreamClient {
             // session's bridges may send unacknowledged bounds what the relay holds for it.
             proxy.owedCredit += bytes.count
             proxy.session.bytesDown &+= UInt64(bytes.count)
+            context.stats.tunnelBytesDown.addFromOwner(UInt64(bytes.count))
             proxy.session.lastActivity = context.loop.nowMilliseconds
             settleCredit(connection)
         }
@@ -443,21 +454,22 @@ extension HTTPServerConnection: StreamClient {
 
     func streamDidFail(_ failure: StreamFailure) {
         guard let proxy, let connection, connection.isOpen else { return }
+        // A bridge that refused a body-less request before touching it: try another one once.
+        if !proxy.responseStarted, case .reset(.refusedStream, _) = failure, proxy.openedWithoutBody,
+           let other = proxy.session.pickBridge(excluding: proxy.bridge),
+           let stream = other.openStream(proxy.head, endStream: true, client: self) {
+            proxy.timed = true  // the retry carries the request's clock on
+            self.proxy = ProxyExchange(bridge: other, stream: stream, head: proxy.head, keepAlive: proxy.keepAlive,
+                                       headOnly: proxy.headOnly, version: proxy.version, session: proxy.session,
+                                       openedWithoutBody: true, startedNanos: proxy.startedNanos)
+            return
+        }
         self.proxy = nil
         if proxy.responseStarted {
             // Too late for an error status: cut the response so the client sees it incomplete.
             context.stats.streamsAborted.addFromOwner()
             phase = .done
             if case .streaming(.untilClose) = proxy.response { connection.close(.abort) } else { connection.close(.graceful) }
-            return
-        }
-        // A bridge that refused a body-less request before touching it: try another one once.
-        if case .reset(.refusedStream, _) = failure, proxy.openedWithoutBody,
-           let other = proxy.session.pickBridge(excluding: proxy.bridge),
-           let stream = other.openStream(proxy.head, endStream: true, client: self) {
-            self.proxy = ProxyExchange(bridge: other, stream: stream, head: proxy.head, keepAlive: proxy.keepAlive,
-                                       headOnly: proxy.headOnly, version: proxy.version, session: proxy.session,
-                                       openedWithoutBody: true)
             return
         }
         context.stats.streamsFailed.addFromOwner()
@@ -503,6 +515,14 @@ extension HTTPServerConnection: StreamClient {
         phase = .done
         connection.close(.abort)
         return true
+    }
+
+    /// Observes a finished exchange's duration once (it ends however it ends: complete,
+    /// failed, cut, or abandoned by the client).
+    func proxyEnded(_ exchange: ProxyExchange) {
+        guard !exchange.timed else { return }
+        exchange.timed = true
+        context.stats.requestDuration.observe(nanoseconds: context.monotonicNanoseconds() &- exchange.startedNanos)
     }
 
     func proxyClientGone() {

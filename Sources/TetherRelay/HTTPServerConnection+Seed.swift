@@ -33,7 +33,7 @@ extension HTTPServerConnection {
             // Without a bridge nothing is worth keeping; with bridges they stay parked, ready
             // for the next request.
             if session.bridges.isEmpty {
-                context.removeSession(session, reason: "stopped")
+                context.removeSession(session, reason: .stopped)
             } else {
                 context.park(session, reason: "stopped")
             }

@@ -25,6 +25,8 @@ final class HTTPServerConnection: ConnectionHandler {
         case echo(chunked: Bool, keepAlive: Bool)
         /// A request forwarded through a bridge; its state is in `proxy` (nil once it failed).
         case proxy
+        /// The answer is being gathered from every worker (`GET /metrics`); decoding waits.
+        case pending(keepAlive: Bool)
     }
 
     let context: RelayContext
@@ -38,7 +40,11 @@ final class HTTPServerConnection: ConnectionHandler {
     var responseStarted = false
     var scratch: [UInt8] = []
     /// The exchange in flight through a bridge (see HTTPServerConnection+Proxy.swift).
-    var proxy: ProxyExchange?
+    var proxy: ProxyExchange? {
+        didSet {
+            if let old = oldValue, old !== proxy { proxyEnded(old) }
+        }
+    }
     /// Credit of finished exchanges whose bytes are still queued for this client.
     var creditDebts: [CreditDebt] = []
     weak var connection: Connection?
@@ -147,6 +153,7 @@ final class HTTPServerConnection: ConnectionHandler {
     func process(_ connection: Connection) {
         while connection.isOpen {
             if case .done = phase { return }
+            if case .body(.pending) = phase { return }
             if !proxyMayDecode(connection) { return }
             // Backpressure: a client that does not read its responses stops our reading too.
             if !connection.isWritable {
@@ -189,7 +196,7 @@ final class HTTPServerConnection: ConnectionHandler {
                     // The exchange decides what follows once its response is done too.
                     proxyRequestBody([], end: true, connection)
                     continue
-                case .discard(let k):
+                case .discard(let k), .pending(let k):
                     keepAlive = k
                 case .echo(let chunked, let k):
                     keepAlive = k
@@ -239,15 +246,30 @@ final class HTTPServerConnection: ConnectionHandler {
         let headOnly = head.method == "HEAD"
         let path = head.path
         if let route = HTTPServerConnection.seedRoute(path: path, method: head.method) {
+            if refuseWhileDraining(head, connection) { return }
             authenticate(head, route, connection)
             return
         }
         if let forwarded = HTTPServerConnection.stripServicePrefix(path) {
+            if refuseWhileDraining(head, connection) { return }
             let route: AuthenticatedRoute = forwarded == "/bridge/status" ? .bridgeStatus : .forward
             authenticate(head, route, connection)
             return
         }
         switch (path, head.method) {
+        case ("/readyz", "GET"), ("/readyz", "HEAD"):
+            let (status, body) = AdminConnection.readiness(context)
+            respondJSON(connection, status: status, body: body, keepAlive: keepAlive, headOnly: headOnly)
+            phase = .body(.discard(keepAlive: keepAlive))
+        case ("/metrics", "GET") where context.configuration.metricsOnMainListener,
+             ("/metrics", "HEAD") where context.configuration.metricsOnMainListener:
+            phase = .body(.pending(keepAlive: keepAlive))
+            RelayMetrics.scrape(context) { [weak self] text in
+                guard let self, let connection = self.connection, connection.isOpen else { return }
+                self.respondText(connection, status: 200, body: text, keepAlive: keepAlive, headOnly: headOnly)
+                self.phase = .body(.discard(keepAlive: keepAlive))
+                self.process(connection)
+            }
         case ("/healthz", "GET"), ("/healthz", "HEAD"), ("/health", "GET"), ("/health", "HEAD"),
              ("/api/health", "GET"), ("/api/health", "HEAD"):
             respondJSON(connection, status: 200, body: "{\"status\":\"ok\"}", keepAlive: keepAlive, headOnly: headOnly)
@@ -277,7 +299,7 @@ final class HTTPServerConnection: ConnectionHandler {
             upgradeBridge(head, legacy: false, connection)
         case ("/ws/bridge", "GET"):
             upgradeBridge(head, legacy: true, connection)
-        case ("/healthz", _), ("/health", _), ("/api/health", _), ("/echo", _), ("/ws/echo", _),
+        case ("/healthz", _), ("/health", _), ("/api/health", _), ("/readyz", _), ("/echo", _), ("/ws/echo", _),
              ("/ws/tunnel", _), ("/ws/bridge", _), ("/api/proxy/start", _), ("/api/proxy/stop", _),
              ("/api/proxy/status", _):
             respond(connection, status: 405, code: "METHOD_NOT_ALLOWED",
@@ -288,6 +310,17 @@ final class HTTPServerConnection: ConnectionHandler {
                     keepAlive: keepAlive, headOnly: headOnly)
             phase = .body(.discard(keepAlive: keepAlive))
         }
+    }
+
+    /// While draining, new work is refused with a reason and `Connection: close`, so that the
+    /// client's next attempt opens a connection to another relay (or the restarted one).
+    private func refuseWhileDraining(_ head: HTTPRequestHead, _ connection: Connection) -> Bool {
+        guard context.draining else { return false }
+        context.stats.drainRejections.addFromOwner()
+        respond(connection, status: 503, code: "RELAY_DRAINING", message: "this relay is shutting down; retry",
+                keepAlive: false, headOnly: head.method == "HEAD", extraHeaders: ["Retry-After": "1"])
+        phase = .body(.discard(keepAlive: false))
+        return true
     }
 
     /// `/api/ollama/<path>` and `/ollama/<path>` (the CloudToLocalLLM web app's paths) → `/<path>`.
@@ -368,7 +401,7 @@ final class HTTPServerConnection: ConnectionHandler {
             result = .failure(.missing)
         }
         if case .failure(let failure) = result {
-            context.stats.authFailures.addFromOwner()
+            context.stats.countAuthFailure(failure)
             if let address { _ = context.shared.authFailureLimiter.allow(address, now: context.loop.nowMilliseconds) }
             context.recordAuthFailure(failure, peer: connection.remoteAddress, kind: kind)
             // The issuer may have just published the key: refetch soon (rate-limited, off-loop).
@@ -558,6 +591,7 @@ final class HTTPServerConnection: ConnectionHandler {
 
     func writeHead(_ head: HTTPResponseHead, _ connection: Connection) {
         responseStarted = true
+        context.stats.countResponse(head.status)
         scratch.removeAll(keepingCapacity: true)
         head.encode(into: &scratch)
         connection.write(scratch)
@@ -571,8 +605,15 @@ final class HTTPServerConnection: ConnectionHandler {
 
     func respondJSON(_ connection: Connection, status: Int, body: String, keepAlive: Bool,
                              headOnly: Bool = false, extraHeaders: HTTPHeaders = [:]) {
+        respondText(connection, status: status, body: body, contentType: "application/json", keepAlive: keepAlive,
+                    headOnly: headOnly, extraHeaders: extraHeaders)
+    }
+
+    func respondText(_ connection: Connection, status: Int, body: String,
+                     contentType: String = "text/plain; version=0.0.4; charset=utf-8", keepAlive: Bool,
+                     headOnly: Bool = false, extraHeaders: HTTPHeaders = [:]) {
         var headers: HTTPHeaders = [:]
-        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         headers.add(name: "Server", value: "tether")
         if !keepAlive { headers.add(name: "Connection", value: "close") }
@@ -582,6 +623,7 @@ final class HTTPServerConnection: ConnectionHandler {
         if !headOnly { scratch.append(contentsOf: body.utf8) }
         connection.write(scratch)
         responseStarted = true
+        context.stats.countResponse(status)
     }
 }
 /// A bridge refused after its upgrade (limits): a close frame with code and reason, then EOF.

@@ -26,7 +26,8 @@ public final class KeyRefreshStats: Sendable {
 final class KeyRefresher: Sendable {
     let configuration: AuthConfiguration
     let logger: Logger
-    let stats = KeyRefreshStats()
+    /// Shared with the refresher this one replaces after a reload, so counters continue.
+    let stats: KeyRefreshStats
     private let fetcher: JWKSFetcher?
     /// Hands a new verifier to the workers (posts to every loop).
     private let install: @Sendable (TokenVerifier) -> Void
@@ -58,9 +59,10 @@ final class KeyRefresher: Sendable {
     /// Loads the keys once, blocking (startup, main thread). A bad secret or JWKS file throws,
     /// as before; an unreachable or invalid URL does not: the relay starts with the other keys
     /// (or none, refusing every token) and the thread keeps retrying.
-    init(configuration: AuthConfiguration, logger: Logger,
+    init(configuration: AuthConfiguration, logger: Logger, stats: KeyRefreshStats = KeyRefreshStats(),
          install: @escaping @Sendable (TokenVerifier) -> Void) throws {
         self.configuration = configuration
+        self.stats = stats
         self.logger = logger
         self.install = install
         self.refreshInterval = max(1, configuration.jwksRefreshSeconds)

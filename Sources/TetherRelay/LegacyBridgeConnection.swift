@@ -49,6 +49,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private let peer: SocketAddress?
     private let protocolName: String
     private var closeReason = "connection closed"
+    private var closeKind: BridgeDisconnectReason?
 
     init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String) {
         self.context = context
@@ -62,6 +63,8 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
 
     var canOpenStream: Bool { registered && !draining && pending.count < maxStreams }
     var activeStreams: Int { pending.count }
+    var protocolKind: BridgeProtocol { .legacy }
+    var remoteAddress: SocketAddress? { peer }
 
     func openStream(_ head: TunnelRequestHead, endStream: Bool, client: StreamClient) -> StreamID? {
         guard canOpenStream else { return nil }
@@ -92,8 +95,8 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     /// The legacy protocol has no goaway: stop giving it streams; it is closed at the end.
     func goAway() { draining = true }
 
-    func close(reason: String) {
-        fail(code: .goingAway, reason: reason)
+    func close(code: UInt16, reason: String, kind: BridgeDisconnectReason) {
+        fail(code: WebSocketCloseCode(rawValue: code), reason: reason, kind: kind)
     }
 
     // MARK: ConnectionHandler
@@ -132,7 +135,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
 
     func connectionDeadlineExpired(_ connection: Connection) {
         context.stats.deadlineExpirations.addFromOwner()
-        fail(code: .goingAway, reason: "idle timeout")
+        fail(code: .goingAway, reason: "idle timeout", kind: .idleTimeout)
     }
 
     func connectionDidClose(_ connection: Connection, error: IOError?) {
@@ -145,8 +148,9 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         if registered {
             registered = false
             session.remove(self)
+            if closeKind == nil { closeKind = error == nil ? .closedByBridge : .connectionError }
             context.bridgeDisconnected(session, peer: peer, protocolName: protocolName,
-                                       reason: error.map { "\($0)" } ?? closeReason)
+                                       reason: error.map { "\($0)" } ?? closeReason, kind: closeKind ?? .closedByBridge)
         }
         context.stats.tunnelsClosed.addFromOwner()
     }
@@ -165,10 +169,13 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
                 handle(text)
             case .binary(let bytes):
                 handle(String(decoding: bytes, as: UTF8.self))
-            case .ping, .pong, .close:
+            case .ping, .pong:
                 break
+            case .close:
+                if closeKind == nil { closeKind = .closedByBridge }
             case .protocolError:
                 context.stats.webSocketProtocolErrors.addFromOwner()
+                if closeKind == nil { closeKind = .protocolError }
             }
             flush()
         }
@@ -178,7 +185,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private func handle(_ text: String) {
         guard let message = try? JSONDecoder().decode(Incoming.self, from: Data(text.utf8)) else {
             context.stats.tunnelProtocolErrors.addFromOwner()
-            fail(code: .unsupportedData, reason: "expected a JSON message with a type")
+            fail(code: .unsupportedData, reason: "expected a JSON message with a type", kind: .protocolError)
             return
         }
         switch message.type {
@@ -250,8 +257,9 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         if socket.shouldCloseTransport { connection.close(.graceful) }
     }
 
-    private func fail(code: WebSocketCloseCode, reason: String) {
+    private func fail(code: WebSocketCloseCode, reason: String, kind: BridgeDisconnectReason) {
         if closeReason == "connection closed" { closeReason = reason }
+        if closeKind == nil { closeKind = kind }
         socket.close(code: code, reason: reason)
         flush()
         connection?.close(.graceful)
@@ -273,7 +281,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         guard let connection, connection.isOpen else { return }
         if silentIntervals >= 2 {
             context.stats.tunnelPingTimeouts.addFromOwner()
-            fail(code: .goingAway, reason: "ping timeout")
+            fail(code: .goingAway, reason: "ping timeout", kind: .pingTimeout)
             return
         }
         silentIntervals += 1

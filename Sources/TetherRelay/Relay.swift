@@ -4,6 +4,7 @@ import Logging
 import Synchronization
 import TetherAuth
 import TetherIO
+import TetherQuota
 import TetherTLS
 
 public enum RelayError: Error, CustomStringConvertible {
@@ -20,45 +21,67 @@ public enum RelayError: Error, CustomStringConvertible {
     }
 }
 
-/// The relay process: worker loops with SO_REUSEPORT listeners (plaintext and optional TLS).
+/// The relay process: worker loops with SO_REUSEPORT listeners (plaintext, optional TLS, and
+/// the admin listener), reload and drain.
 public final class Relay: Sendable {
-    public let configuration: RelayConfiguration
     public let logger: Logger
     private let group: EventLoopGroup
     private let tlsBox: TLSContextBox?
     private let workerStats: [RelayStats]
-    private let bound = Mutex<(http: SocketAddress?, tls: SocketAddress?)>((nil, nil))
-    private let keys: KeyRefresher
+    private let bound = Mutex<Bound>(Bound())
+    private let keys: Mutex<KeyRefresher>
+    private let keyStatsStore = KeyRefreshStats()
     private let workers: WorkerDirectory
     private let shared: RelayShared
-    private let maxConnections: Int
+    /// The configuration in force: the start one, then each reload that was applied.
+    private let current: Mutex<RelayConfiguration>
     /// Reads the configuration again (file, environment, the original flags) for a reload.
     private let reloadSource: (@Sendable () throws -> RelayConfiguration)?
+    /// One reload at a time (SIGHUP and POST /admin/reload may race).
+    private let reloadLock = Mutex<Void>(())
+
+    private struct Bound {
+        var http: SocketAddress?
+        var tls: SocketAddress?
+        var admin: SocketAddress?
+        /// The public listeners' descriptors: a drain closes these and keeps the admin one.
+        var publicFDs: Set<Int32> = []
+    }
 
     public init(configuration: RelayConfiguration, logger: Logger,
                 reload: (@Sendable () throws -> RelayConfiguration)? = nil) throws {
-        self.configuration = configuration
+        self.current = Mutex(configuration)
         self.reloadSource = reload
         self.logger = logger
-        self.shared = RelayShared(configuration: configuration, audit: try AuditLog(destination: configuration.auditLog))
-        self.maxConnections = configuration.maxConnections ?? Relay.defaultMaxConnections()
         var io = configuration.io
         io.workers = max(1, configuration.workers)
         self.group = try EventLoopGroup(configuration: io)
-        self.workerStats = (0..<io.workers).map { _ in RelayStats() }
+        let workerStats = (0..<io.workers).map { _ in RelayStats() }
+        self.workerStats = workerStats
+        self.shared = RelayShared(configuration: configuration, audit: try AuditLog(destination: configuration.auditLog),
+                                  control: RelayControl(workerStats: workerStats))
         let workers = WorkerDirectory(handles: group.handles)
         self.workers = workers
-        self.keys = try KeyRefresher(configuration: configuration.auth, logger: logger) { verifier in
-            for handle in workers.handles {
-                handle.execute { loop in workers.context(of: loop.index)?.verifier = verifier }
-            }
-        }
+        self.keys = Mutex(try KeyRefresher(configuration: configuration.auth, logger: logger, stats: keyStatsStore,
+                                           install: Relay.installer(workers)))
         if configuration.tlsPort != nil {
             self.tlsBox = TLSContextBox(try Relay.loadTLS(configuration))
         } else {
             self.tlsBox = nil
         }
+        shared.control.reloads.lastSuccessBits.store(shared.control.startedAt.bitPattern, ordering: .relaxed)
     }
+
+    /// Posts a new verifier to every loop.
+    private static func installer(_ workers: WorkerDirectory) -> @Sendable (TokenVerifier) -> Void {
+        { verifier in
+            for handle in workers.handles {
+                handle.execute { loop in workers.context(of: loop.index)?.verifier = verifier }
+            }
+        }
+    }
+
+    public var configuration: RelayConfiguration { current.withLock { $0 } }
 
     /// The descriptor limit minus a reserve for listeners, the rings, files and the audit log,
     /// so that the relay answers 503 before the kernel refuses an accept.
@@ -78,72 +101,274 @@ public final class Relay: Sendable {
 
     public var httpAddress: SocketAddress? { bound.withLock { $0.http } }
     public var tlsAddress: SocketAddress? { bound.withLock { $0.tls } }
+    public var adminAddress: SocketAddress? { bound.withLock { $0.admin } }
     public var ioStats: [IOStats] { group.handles.map(\.stats) }
     public var stats: [RelayStats] { workerStats }
+    public var keyStats: KeyRefreshStats { keyStatsStore }
+    public var readiness: Readiness { shared.control.readiness }
 
     /// Binds every worker's listeners and starts the loops. Port 0 picks a free port once and
     /// the other workers join it with SO_REUSEPORT.
     public func start() throws {
+        let configuration = self.configuration
         guard let httpAddress = SocketAddress(host: configuration.host, port: configuration.port) else {
             throw RelayError.invalidAddress("\(configuration.host):\(configuration.port)")
         }
-        let workers = group.handles.count
-        let (httpFDs, httpBound) = try Socket.listen(on: httpAddress, count: workers)
-        var tlsFDs: [Int32] = []
-        var tlsBound: SocketAddress?
-        if let tlsPort = configuration.tlsPort {
-            do {
+        let workerCount = group.handles.count
+        var opened: [Int32] = []
+        func listen(_ address: SocketAddress) throws -> ([Int32], SocketAddress) {
+            let (fds, boundAddress) = try Socket.listen(on: address, count: workerCount)
+            opened += fds
+            return (fds, boundAddress)
+        }
+        let httpFDs: [Int32], httpBound: SocketAddress
+        var tlsFDs: [Int32] = [], adminFD: Int32?
+        var tlsBound: SocketAddress?, adminBound: SocketAddress?
+        do {
+            (httpFDs, httpBound) = try listen(httpAddress)
+            if let tlsPort = configuration.tlsPort {
                 guard let want = SocketAddress(host: configuration.host, port: tlsPort) else {
                     throw RelayError.invalidAddress("\(configuration.host):\(tlsPort)")
                 }
-                (tlsFDs, tlsBound) = try Socket.listen(on: want, count: workers)
-            } catch {
-                for fd in httpFDs { close(fd) }
-                throw error
+                (tlsFDs, tlsBound) = try listen(want)
             }
+            if let adminPort = configuration.adminPort {
+                guard let want = SocketAddress(host: configuration.adminHost, port: adminPort) else {
+                    throw RelayError.invalidAddress("admin \(configuration.adminHost):\(adminPort)")
+                }
+                // One exclusive socket (no SO_REUSEPORT), served by the first worker: a second
+                // relay on the same host must fail loudly here, not share the scrapes.
+                let (fd, address) = try Socket.listen(on: want, backlog: 512, reusePort: false)
+                opened.append(fd)
+                (adminFD, adminBound) = (fd, address)
+            }
+        } catch {
+            for fd in opened { close(fd) }
+            throw error
         }
-        bound.withLock { $0 = (httpBound, tlsBound) }
-        let configuration = self.configuration
+        bound.withLock { $0 = Bound(http: httpBound, tls: tlsBound, admin: adminBound, publicFDs: Set(httpFDs + tlsFDs)) }
+        let (tlsListeners, adminListener) = (tlsFDs, adminFD)
         let stats = workerStats
         let tlsBox = self.tlsBox
-        let (httpListeners, tlsListeners) = (httpFDs, tlsFDs)
-        let (logger, keys, directory) = (self.logger, self.keys, self.workers)
-        let (shared, maxConnections) = (self.shared, self.maxConnections)
+        let (logger, directory, shared) = (self.logger, self.workers, self.shared)
+        let refresher = keys.withLock { $0 }
+        let maxConnections = configuration.maxConnections ?? Relay.defaultMaxConnections()
         try group.start { loop in
             let context = RelayContext(configuration: configuration, stats: stats[loop.index], logger: logger,
-                                       verifier: keys.current, shared: shared, loop: loop, workers: directory,
+                                       verifier: refresher.current, shared: shared, loop: loop, workers: directory,
                                        maxConnections: maxConnections)
-            context.keyRefresher = keys
+            context.keyRefresher = refresher
             directory.slots[loop.index].context = context
-            loop.startAccepting(listenFD: httpListeners[loop.index]) { _ in HTTPServerConnection(context: context) }
+            loop.startAccepting(listenFD: httpFDs[loop.index]) { _ in HTTPServerConnection(context: context) }
             if !tlsListeners.isEmpty {
                 loop.startAccepting(listenFD: tlsListeners[loop.index], tls: tlsBox) { _ in HTTPServerConnection(context: context) }
+            }
+            if let adminListener, loop.index == 0 {
+                loop.startAccepting(listenFD: adminListener) { _ in AdminConnection(context: context) }
             }
         }
         logger.info("tether-relay listening", metadata: [
             "http": "\(httpBound)",
             "tls": "\(tlsBound.map { "\($0)" } ?? "off")",
+            "admin": "\(adminBound.map { "\($0)" } ?? "off")",
             "workers": "\(group.handles.count)",
             "max_connections": "\(maxConnections)",
         ])
-        try keys.start()
+        try refresher.start()
+        let keyStore = keyStatsStore
+        shared.control.operations.withLock {
+            $0 = RelayControl.Operations(reload: { [self] in self.reload() }, keyStats: { keyStore },
+                                         hasKeys: { [self] in self.hasKeys })
+        }
+        shared.control.markReady()
         shared.audit.record("relay_started", ["http": .string("\(httpBound)"), "workers": .int(group.handles.count)])
     }
 
-    /// Re-reads the JWKS file and re-fetches the JWKS URL now (SIGHUP; blocks for the fetch).
-    /// Changed keys reach every worker; a failing source keeps its previous keys.
-    @discardableResult
-    public func reloadKeys() -> Bool {
-        keys.reload()
+    /// False only while keys are configured but none could be loaded yet (a JWKS URL that has
+    /// not answered): the relay would refuse every token, so it is not ready.
+    var hasKeys: Bool {
+        let refresher = keys.withLock { $0 }
+        let auth = refresher.configuration
+        let expectsKeys = auth.hs256Secret != nil || auth.jwksFile != nil || auth.jwksURL != nil
+        return !expectsKeys || refresher.current.keyCount > 0
     }
 
-    public var keyStats: KeyRefreshStats { keys.stats }
+    // MARK: reload
 
     /// SIGHUP and POST /admin/reload: reloads off the calling thread (a slow JWKS server must
     /// not hold up the signal thread, and a SIGTERM behind it).
     public func requestReload() {
         let relay = self
-        BackgroundThread.run { _ = relay.reloadTLS(); _ = relay.reloadKeys() }
+        BackgroundThread.run { _ = relay.reload() }
+    }
+
+    /// Reads the configuration again and applies what can change while running: TLS certificate
+    /// and key, JWT keys and their settings, quota profiles, log levels, limits and timeouts.
+    /// Everything is checked before anything is applied: an invalid file changes nothing.
+    /// Blocking (files, a JWKS fetch): never call it on a loop.
+    @discardableResult
+    public func reload() -> ReloadOutcome {
+        let outcome = reloadLock.withLock { _ in reloadLocked() }
+        let reloads = shared.control.reloads
+        if outcome.ok {
+            reloads.succeeded.add(1, ordering: .relaxed)
+            reloads.lastSucceeded.store(true, ordering: .relaxed)
+            reloads.lastSuccessBits.store(Relay.wallClock().bitPattern, ordering: .relaxed)
+            logger.info("configuration reloaded", metadata: [
+                "changes": "\(outcome.changes.joined(separator: ", "))",
+                "restart_required": "\(outcome.restartRequired.joined(separator: ", "))"])
+            if !outcome.restartRequired.isEmpty {
+                logger.warning("some changed settings only take effect after a restart",
+                               metadata: ["settings": "\(outcome.restartRequired.joined(separator: ", "))"])
+            }
+        } else {
+            reloads.failed.add(1, ordering: .relaxed)
+            reloads.lastSucceeded.store(false, ordering: .relaxed)
+            logger.error("configuration reload refused; the previous configuration stays in force",
+                         metadata: ["error": "\(outcome.message)"])
+        }
+        shared.audit.record(outcome.ok ? "config_reloaded" : "config_reload_failed", [
+            "changes": .string(outcome.changes.joined(separator: ",")), "message": .string(outcome.message)])
+        return outcome
+    }
+
+    private func reloadLocked() -> ReloadOutcome {
+        let old = configuration
+        var new: RelayConfiguration
+        if let reloadSource {
+            do {
+                new = try reloadSource()
+            } catch {
+                return ReloadOutcome(ok: false, message: "\(error)")
+            }
+        } else {
+            new = old  // no file to re-read: certificates and keys are still re-read below
+        }
+        var restart: [String] = []
+        func keep<T: Equatable>(_ name: String, _ path: WritableKeyPath<RelayConfiguration, T>) {
+            if new[keyPath: path] != old[keyPath: path] { restart.append(name) }
+            new[keyPath: path] = old[keyPath: path]
+        }
+        keep("listen.host", \.host)
+        keep("listen.port", \.port)
+        keep("tls.port", \.tlsPort)
+        keep("workers", \.workers)
+        keep("admin.host", \.adminHost)
+        keep("admin.port", \.adminPort)
+        keep("audit.log", \.auditLog)
+        keep("limits.handshake_rate", \.handshakesPerSecondPerAddress)
+        keep("limits.handshake_burst", \.handshakeBurstPerAddress)
+        keep("limits.auth_failure_rate", \.authFailuresPerSecondPerAddress)
+        keep("limits.auth_failure_burst", \.authFailureBurstPerAddress)
+        new.io = old.io
+
+        // Check everything first.
+        var tls: TLSContext?
+        if tlsBox != nil {
+            do {
+                tls = try Relay.loadTLS(new)
+            } catch {
+                return ReloadOutcome(ok: false, message: "tls: \(error)")
+            }
+        }
+        var replacement: KeyRefresher?
+        if new.auth != old.auth {
+            do {
+                replacement = try KeyRefresher(configuration: new.auth, logger: logger, stats: keyStatsStore,
+                                               install: Relay.installer(workers))
+            } catch {
+                return ReloadOutcome(ok: false, message: "auth: \(error)")
+            }
+        }
+
+        // Apply.
+        var changes = Relay.differences(old, new)
+        if let tls, let tlsBox {
+            tlsBox.current = tls
+            changes.append("tls.certificate")
+        }
+        if let replacement {
+            let previous = keys.withLock { keys in
+                defer { keys = replacement }
+                return keys
+            }
+            previous.stop()
+            do {
+                try replacement.start()
+            } catch {
+                logger.error("key refresh thread did not start", metadata: ["error": "\(error)"])
+            }
+            let verifier = replacement.current
+            for handle in workers.handles {
+                let directory = workers
+                handle.execute { loop in
+                    guard let context = directory.context(of: loop.index) else { return }
+                    context.verifier = verifier
+                    context.keyRefresher = replacement
+                }
+            }
+        } else if !keys.withLock({ $0 }).reload() {
+            changes.append("auth.keys (a source failed: its previous keys stay)")
+        }
+        shared.tiers.withLock { $0 = new.tiers }
+        // MERGE: RelayLogging.update(new.logging) once the configuration branch lands.
+        let maxConnections = new.maxConnections ?? Relay.defaultMaxConnections()
+        let applied = new
+        let directory = workers
+        for handle in workers.handles {
+            handle.execute { loop in
+                guard let context = directory.context(of: loop.index) else { return }
+                context.configuration = applied
+                context.maxConnections = maxConnections
+                let now = loop.nowMilliseconds
+                for session in context.sessions.sessions.values {
+                    session.applyTiers(applied.tiers, now: now)
+                }
+            }
+        }
+        current.withLock { $0 = new }
+        return ReloadOutcome(ok: true, message: changes.isEmpty ? "no changes" : "applied",
+                             changes: changes, restartRequired: restart)
+    }
+
+    /// Names of the reloadable settings that differ (for the log and the admin API).
+    private static func differences(_ a: RelayConfiguration, _ b: RelayConfiguration) -> [String] {
+        var out: [String] = []
+        func check<T: Equatable>(_ name: String, _ path: KeyPath<RelayConfiguration, T>) {
+            if a[keyPath: path] != b[keyPath: path] { out.append(name) }
+        }
+        check("tls.cert", \.tlsCertificateFile)
+        check("tls.key", \.tlsKeyFile)
+        check("auth", \.auth)
+        check("quotas", \.tiers)
+        check("log", \.logging)
+        check("limits.http", \.httpLimits)
+        check("limits.ws_max_message", \.webSocketMaxMessage)
+        check("timeouts.header", \.headerTimeoutMilliseconds)
+        check("timeouts.idle", \.idleTimeoutMilliseconds)
+        check("timeouts.ws_idle", \.webSocketIdleTimeoutMilliseconds)
+        check("timeouts.stream_idle", \.streamIdleTimeoutMilliseconds)
+        check("tunnel", \.tunnel)
+        check("sessions.idle_timeout", \.sessionIdleTimeoutMilliseconds)
+        check("sessions.max_sessions", \.maxSessions)
+        check("limits.max_connections", \.maxConnections)
+        check("admin.token", \.adminToken)
+        check("admin.metrics_on_main", \.metricsOnMainListener)
+        check("drain.timeout", \.drainTimeoutSeconds)
+        return out
+    }
+
+    static func wallClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Re-reads the JWKS file and re-fetches the JWKS URL now. Changed keys reach every
+    /// worker; a failing source keeps its previous keys.
+    @discardableResult
+    public func reloadKeys() -> Bool {
+        keys.withLock { $0 }.reload()
     }
 
     /// Re-reads the TLS certificate and key. New connections use them; established ones keep
@@ -153,7 +378,6 @@ public final class Relay: Sendable {
         guard let tlsBox else { return true }
         do {
             tlsBox.current = try Relay.loadTLS(configuration)
-            logger.info("TLS certificate reloaded", metadata: ["cert": "\(configuration.tlsCertificateFile ?? "")"])
             return true
         } catch {
             logger.error("TLS reload failed; keeping the previous certificate", metadata: ["error": "\(error)"])
@@ -161,13 +385,20 @@ public final class Relay: Sendable {
         }
     }
 
-    /// Graceful drain: stop accepting, send GOAWAY to every bridge (they reconnect elsewhere),
-    /// let streams in flight finish until `deadlineSeconds`, close the bridges, then stop.
+    // MARK: drain
+
+    /// Graceful drain: readiness goes false, the public listeners stop accepting (the admin
+    /// listener stays up for probes and scrapes), every bridge gets GOAWAY (it reconnects
+    /// elsewhere), new requests get 503 RELAY_DRAINING, streams in flight finish until
+    /// `deadlineSeconds`; then the bridges are closed and the loops stop.
     public func drain(deadlineSeconds: Double) {
+        shared.control.readiness = .draining
+        shared.audit.record("relay_draining", ["deadline_s": .double(deadlineSeconds)])
         let directory = workers
+        let publicFDs = bound.withLock { $0.publicFDs }
         for handle in group.handles {
             _ = handle.execute { loop in
-                loop.stopAccepting()
+                loop.stopAccepting(where: { publicFDs.contains($0) })
                 guard let context = directory.context(of: loop.index) else { return }
                 context.draining = true
                 for session in Array(context.sessions.sessions.values) {
@@ -190,7 +421,9 @@ public final class Relay: Sendable {
             _ = handle.execute { loop in
                 guard let context = directory.context(of: loop.index) else { return }
                 for session in Array(context.sessions.sessions.values) {
-                    for bridge in session.bridges { bridge.close(reason: "relay shutting down") }
+                    for bridge in session.bridges {
+                        bridge.close(code: 1001, reason: "relay shutting down", kind: .shutdown)
+                    }
                 }
             }
         }
@@ -218,13 +451,14 @@ public final class Relay: Sendable {
 
     public func shutdown() {
         group.shutdown()
-        keys.stop()
-        // The directory and the contexts point at each other; with the loops joined, nothing
-        // else uses them, and breaking the cycle frees every worker's state.
+        keys.withLock { $0 }.stop()
+        // The directory and the contexts point at each other, and the control's operations hold
+        // this relay; with the loops joined nothing else uses them, and breaking the cycles
+        // frees every worker's state.
+        shared.control.operations.withLock { $0 = nil }
         for slot in workers.slots { slot.context = nil }
         shared.audit.record("relay_stopped")
         shared.audit.close()
     }
-
 }
 #endif

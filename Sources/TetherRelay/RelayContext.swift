@@ -7,7 +7,8 @@ import TetherQuota
 
 /// What one worker's handlers share. Lives on that worker's loop thread; nothing here is locked.
 final class RelayContext {
-    let configuration: RelayConfiguration
+    /// Replaced by a reload (posted to this loop); listeners and workers never change.
+    var configuration: RelayConfiguration
     let stats: RelayStats
     let logger: Logger
     /// Replaced by the key refresher (posted to this loop) when the key set changes.
@@ -30,7 +31,10 @@ final class RelayContext {
     var auditQuotaBucket: TokenBucket
     var auditQuotaSkipped = 0
     /// Connections across all workers above which new ones get 503 CAPACITY_EXCEEDED.
-    let maxConnections: Int
+    var maxConnections: Int
+    /// Cross-worker requests (scrapes, admin API) waiting for every worker's answer.
+    var pendingGathers: [UInt64: () -> Void] = [:]
+    var nextGatherID: UInt64 = 0
 
     init(configuration: RelayConfiguration, stats: RelayStats, logger: Logger, verifier: TokenVerifier,
          shared: RelayShared, loop: EventLoop, workers: WorkerDirectory, maxConnections: Int) {
@@ -59,6 +63,15 @@ final class RelayContext {
             total += handle.stats.openConnections.load(ordering: .relaxed)
         }
         return total
+    }
+
+    var control: RelayControl { shared.control }
+
+    /// Monotonic nanoseconds, for request timings (the loop's clock has millisecond steps).
+    func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
 
     func nowSeconds() -> Double {

@@ -1,8 +1,10 @@
 import Synchronization
+import TetherAuth
 import TetherIO
+import TetherMetrics
 
 /// Relay-level counters. Each worker owns one instance and is its only writer, so increments
-/// are uncontended; a scrape sums the workers'.
+/// are uncontended; a scrape sums the workers' (RelayMetrics).
 public final class RelayStats: Sendable {
     public let requests = Atomic<UInt64>(0)
     public let badRequests = Atomic<UInt64>(0)
@@ -30,14 +32,62 @@ public final class RelayStats: Sendable {
     public let capacityRejections = Atomic<UInt64>(0)
     /// By quota, indexed like `Quota.allCases`.
     public let quotaRejections: [Counter]
+
+    /// Responses on the public listeners by status code, 100...599 (a bounded label set).
+    public let responsesByStatus: [Counter]
+    /// Proxied requests: from the decoded head to the end of the response (or its failure).
+    public let requestDuration = Histogram()
+    /// Proxied requests: from the decoded head to the response head written to the client.
+    public let timeToFirstByte = Histogram()
+    /// Body bytes through tunnels: request bodies towards bridges, response bodies from them.
+    public let tunnelBytesUp = Atomic<UInt64>(0)
+    public let tunnelBytesDown = Atomic<UInt64>(0)
+    /// Bridges that completed their handshake, by `BridgeProtocol`.
+    public let bridgeConnects: [Counter]
+    /// Registered bridges that left, by `BridgeDisconnectReason`.
+    public let bridgeDisconnects: [Counter]
+    /// By `SessionRemovalReason`.
+    public let sessionRemovals: [Counter]
+    /// By `AuthFailure.allCases`.
+    public let authFailuresByReason: [Counter]
+    /// Requests refused because the relay is draining.
+    public let drainRejections = Atomic<UInt64>(0)
+    /// The admin listener: responses by status, and calls refused for a missing/wrong token.
+    public let adminResponsesByStatus: [Counter]
+    public let adminAuthFailures = Atomic<UInt64>(0)
+
     public init() {
         quotaRejections = Quota.allCases.map { _ in Counter() }
+        responsesByStatus = (0..<RelayStats.statusCount).map { _ in Counter() }
+        adminResponsesByStatus = (0..<RelayStats.statusCount).map { _ in Counter() }
+        bridgeConnects = BridgeProtocol.allCases.map { _ in Counter() }
+        bridgeDisconnects = BridgeDisconnectReason.allCases.map { _ in Counter() }
+        sessionRemovals = SessionRemovalReason.allCases.map { _ in Counter() }
+        authFailuresByReason = AuthFailure.allCases.map { _ in Counter() }
+    }
+
+    static let statusCount = 500
+
+    /// Counts a response status (codes outside 100...599 cannot be written by the encoder).
+    @inline(__always)
+    func countResponse(_ status: Int, admin: Bool = false) {
+        let index = status - 100
+        guard index >= 0 && index < RelayStats.statusCount else { return }
+        (admin ? adminResponsesByStatus : responsesByStatus)[index].addFromOwner()
+    }
+
+    func countAuthFailure(_ failure: AuthFailure) {
+        authFailures.addFromOwner()
+        if let index = AuthFailure.allCases.firstIndex(of: failure) {
+            authFailuresByReason[index].addFromOwner()
+        }
     }
 
     /// A counter that can live in an array (Atomic cannot be copied into one).
     public final class Counter: Sendable {
         public let value = Atomic<UInt64>(0)
         public func addFromOwner() { value.addFromOwner() }
+        public var current: UInt64 { value.load(ordering: .relaxed) }
     }
 }
 
@@ -55,6 +105,59 @@ enum Quota: Int, CaseIterable {
         case .capacity: return "capacity"
         case .handshakes: return "handshakes"
         case .authFailures: return "auth_failures"
+        }
+    }
+}
+
+/// The bridge protocols (the `protocol` label of the bridge metrics).
+enum BridgeProtocol: Int, CaseIterable {
+    case tunnel, legacy
+
+    var label: String {
+        switch self {
+        case .tunnel: return "tether.v1"
+        case .legacy: return "legacy-json"
+        }
+    }
+}
+
+/// Why a registered bridge left (the `reason` label; the audit line has the detail).
+enum BridgeDisconnectReason: Int, CaseIterable {
+    /// The bridge closed the WebSocket or the TCP connection.
+    case closedByBridge
+    /// The connection failed (reset, I/O error).
+    case connectionError
+    case pingTimeout
+    case idleTimeout
+    /// The bridge broke tether.v1 / the legacy protocol or WebSocket framing.
+    case protocolError
+    /// The relay is shutting down (drain deadline, stop).
+    case shutdown
+    /// An operator removed its session (DELETE /admin/sessions/<id>).
+    case kicked
+
+    var label: String {
+        switch self {
+        case .closedByBridge: return "closed_by_bridge"
+        case .connectionError: return "connection_error"
+        case .pingTimeout: return "ping_timeout"
+        case .idleTimeout: return "idle_timeout"
+        case .protocolError: return "protocol_error"
+        case .shutdown: return "shutdown"
+        case .kicked: return "kicked"
+        }
+    }
+}
+
+/// Why a session was removed (the `reason` label).
+enum SessionRemovalReason: Int, CaseIterable {
+    case idle, stopped, kicked
+
+    var label: String {
+        switch self {
+        case .idle: return "idle"
+        case .stopped: return "stopped"
+        case .kicked: return "kicked"
         }
     }
 }

@@ -59,8 +59,10 @@ protocol Bridge: AnyObject {
     func cancel(_ stream: StreamID, code: TunnelErrorCode)
     /// The relay is draining: no new streams here; in-flight ones finish.
     func goAway()
-    /// Close now (drain deadline passed or streams done).
-    func close(reason: String)
+    /// Close now (drain deadline passed, streams done, or an operator kicked the session).
+    func close(code: UInt16, reason: String, kind: BridgeDisconnectReason)
+    var protocolKind: BridgeProtocol { get }
+    var remoteAddress: SocketAddress? { get }
 }
 
 /// One user's space on this worker: their bridges, quotas and activity, named by the SHA-256
@@ -114,6 +116,15 @@ final class Session {
         guard tier != tierClaim else { return }
         tierClaim = tier
         (tierName, profile) = tiers.profile(for: tier)
+        if state == .active { makeBuckets(now: now) }
+    }
+
+    /// A reload changed the profiles: the session follows its tier's new profile. Streams in
+    /// flight keep their windows; new requests and bridges get the new limits.
+    func applyTiers(_ tiers: TierTable, now: UInt64) {
+        let (name, newProfile) = tiers.profile(for: tierClaim)
+        guard name != tierName || newProfile != profile else { return }
+        (tierName, profile) = (name, newProfile)
         if state == .active { makeBuckets(now: now) }
     }
 

@@ -13,10 +13,12 @@ final class RelayShared: Sendable {
     let sessionCount = Atomic<Int>(0)
     let handshakeLimiter: AddressLimiter
     let authFailureLimiter: AddressLimiter
+    let control: RelayControl
 
-    init(configuration: RelayConfiguration, audit: AuditLog) {
+    init(configuration: RelayConfiguration, audit: AuditLog, control: RelayControl) {
         tiers = Mutex(configuration.tiers)
         self.audit = audit
+        self.control = control
         handshakeLimiter = AddressLimiter(ratePerSecond: configuration.handshakesPerSecondPerAddress,
                                           burst: configuration.handshakeBurstPerAddress)
         authFailureLimiter = AddressLimiter(ratePerSecond: configuration.authFailuresPerSecondPerAddress,
@@ -99,7 +101,7 @@ extension RelayContext {
             // A stream in flight is activity, however quiet (its own idle timeout cuts it).
             scheduleIdleCheck(session, afterMilliseconds: timeout)
         } else if session.bridges.isEmpty {
-            removeSession(session, reason: "idle")
+            removeSession(session, reason: .idle)
         } else {
             park(session, reason: "idle")
         }
@@ -134,13 +136,19 @@ extension RelayContext {
     }
 
     func bridgeConnected(_ session: Session, peer: SocketAddress?, protocolName: String) {
+        if let kind = BridgeProtocol.allCases.first(where: { $0.label == protocolName }) {
+            stats.bridgeConnects[kind.rawValue].addFromOwner()
+        }
         audit.record("bridge_connected", ["session": .string("\(session.id)"), "address": .string(peer?.description ?? ""),
                                           "protocol": .string(protocolName), "bridges": .int(session.bridges.count)])
     }
 
-    func bridgeDisconnected(_ session: Session, peer: SocketAddress?, protocolName: String, reason: String) {
+    func bridgeDisconnected(_ session: Session, peer: SocketAddress?, protocolName: String, reason: String,
+                            kind: BridgeDisconnectReason) {
+        stats.bridgeDisconnects[kind.rawValue].addFromOwner()
         audit.record("bridge_disconnected", ["session": .string("\(session.id)"), "address": .string(peer?.description ?? ""),
                                              "protocol": .string(protocolName), "reason": .string(reason),
+                                             "kind": .string(kind.label),
                                              "bridges": .int(session.bridges.count)])
         bridgeLeft(session)
     }
@@ -149,19 +157,20 @@ extension RelayContext {
     /// an active one keeps its idle timer.
     func bridgeLeft(_ session: Session) {
         if session.bridges.isEmpty && session.state == .parked {
-            removeSession(session, reason: "idle")
+            removeSession(session, reason: .idle)
         }
     }
 
-    func removeSession(_ session: Session, reason: String) {
+    func removeSession(_ session: Session, reason: SessionRemovalReason) {
         guard sessions.existing(session.id) === session else { return }
+        stats.sessionRemovals[reason.rawValue].addFromOwner()
         if let timer = session.idleTimer { loop.cancel(timer) }
         session.idleTimer = nil
         wakeShapingWaiters(session)
         sessions.remove(session)
         shared.sessionCount.subtract(1, ordering: .relaxed)
         stats.sessionsRemoved.addFromOwner()
-        audit.record("session_removed", ["session": .string("\(session.id)"), "reason": .string(reason)])
+        audit.record("session_removed", ["session": .string("\(session.id)"), "reason": .string(reason.label)])
     }
 
     // MARK: bandwidth shaping

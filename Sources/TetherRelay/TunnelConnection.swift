@@ -21,8 +21,9 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     private var pingCounter: UInt64 = 0
     private let peer: SocketAddress?
     private let protocolName: String
-    /// Why the tunnel ended, for the audit log.
+    /// Why the tunnel ended, for the audit log and the disconnect metric.
     private var closeReason = "connection closed"
+    private var closeKind: BridgeDisconnectReason?
     /// A stream's body was refused because our socket to the bridge was full.
     private var sendersBlocked = false
 
@@ -40,6 +41,8 @@ final class TunnelConnection: ConnectionHandler, Bridge {
 
     var canOpenStream: Bool { registered && !draining && mux.canOpenStream }
     var activeStreams: Int { streams.count }
+    var protocolKind: BridgeProtocol { .tunnel }
+    var remoteAddress: SocketAddress? { peer }
 
     func openStream(_ head: TunnelRequestHead, endStream: Bool, client: StreamClient) -> StreamID? {
         guard canOpenStream, let id = mux.openStream(head, endStream: endStream) else { return nil }
@@ -83,8 +86,8 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         flush()
     }
 
-    func close(reason: String) {
-        fail(code: .goingAway, reason: reason)
+    func close(code: UInt16, reason: String, kind: BridgeDisconnectReason) {
+        fail(code: WebSocketCloseCode(rawValue: code), reason: reason, kind: kind)
     }
 
     // MARK: ConnectionHandler
@@ -122,15 +125,16 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     func connectionDeadlineExpired(_ connection: Connection) {
         context.stats.deadlineExpirations.addFromOwner()
         if registered {
-            fail(code: .goingAway, reason: "idle timeout")
+            fail(code: .goingAway, reason: "idle timeout", kind: .idleTimeout)
         } else {
-            fail(code: .policyViolation, reason: "HELLO not received in time")
+            fail(code: .policyViolation, reason: "HELLO not received in time", kind: .idleTimeout)
         }
     }
 
     func connectionDidClose(_ connection: Connection, error: IOError?) {
         if let pingTimer { context.loop.cancel(pingTimer) }
         pingTimer = nil
+        if closeKind == nil { closeKind = error == nil ? .closedByBridge : .connectionError }
         detach(reason: error.map { "\($0)" } ?? closeReason)
         context.stats.tunnelsClosed.addFromOwner()
     }
@@ -156,20 +160,22 @@ final class TunnelConnection: ConnectionHandler, Bridge {
                     context.stats.tunnelProtocolErrors.addFromOwner()
                     context.logger.notice("tunnel protocol error", metadata: [
                         "session": "\(session.id)", "code": "\(error.closeCode)", "reason": "\(error.reason)"])
-                    fail(code: WebSocketCloseCode(rawValue: error.closeCode), reason: error.reason)
+                    fail(code: WebSocketCloseCode(rawValue: error.closeCode), reason: error.reason, kind: .protocolError)
                     return
                 }
                 dispatchMuxEvents()
             case .text:
                 context.stats.tunnelProtocolErrors.addFromOwner()
-                fail(code: .unsupportedData, reason: "tether.v1 carries binary messages only")
+                fail(code: .unsupportedData, reason: "tether.v1 carries binary messages only", kind: .protocolError)
                 return
             case .ping, .pong:
                 break
             case .close:
                 if closeReason == "connection closed" { closeReason = "closed by bridge" }
+                if closeKind == nil { closeKind = .closedByBridge }
             case .protocolError:
                 context.stats.webSocketProtocolErrors.addFromOwner()
+                if closeKind == nil { closeKind = .protocolError }
             }
             flush()
         }
@@ -182,13 +188,15 @@ final class TunnelConnection: ConnectionHandler, Bridge {
             case .hello:
                 if !registered {
                     guard context.sessions.existing(session.id) === session else {
-                        fail(code: WebSocketCloseCode(rawValue: 1013), reason: "session ended while connecting; reconnect")
+                        fail(code: WebSocketCloseCode(rawValue: 1013), reason: "session ended while connecting; reconnect",
+                             kind: .shutdown)
                         return
                     }
                     if session.bridges.count >= session.profile.maxBridges {
                         context.recordQuotaRejection(.bridges, session: session.id, peer: peer)
                         fail(code: WebSocketCloseCode(rawValue: 4008),
-                             reason: "TOO_MANY_BRIDGES: this session already has \(session.profile.maxBridges) bridges connected")
+                             reason: "TOO_MANY_BRIDGES: this session already has \(session.profile.maxBridges) bridges connected",
+                             kind: .closedByBridge)
                         return
                     }
                     registered = true
@@ -251,8 +259,9 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         }
     }
 
-    private func fail(code: WebSocketCloseCode, reason: String) {
+    private func fail(code: WebSocketCloseCode, reason: String, kind: BridgeDisconnectReason) {
         if closeReason == "connection closed" { closeReason = reason }
+        if closeKind == nil { closeKind = kind }
         socket.close(code: code, reason: reason)
         flush()
         connection?.close(.graceful)
@@ -270,7 +279,8 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         if registered {
             registered = false
             session.remove(self)
-            context.bridgeDisconnected(session, peer: peer, protocolName: protocolName, reason: reason)
+            context.bridgeDisconnected(session, peer: peer, protocolName: protocolName, reason: reason,
+                                       kind: closeKind ?? .closedByBridge)
         }
     }
 
@@ -289,7 +299,7 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         guard let connection, connection.isOpen else { return }
         if pingsUnanswered >= 2 {
             context.stats.tunnelPingTimeouts.addFromOwner()
-            fail(code: .goingAway, reason: "ping timeout")
+            fail(code: .goingAway, reason: "ping timeout", kind: .pingTimeout)
             return
         }
         pingsUnanswered += 1

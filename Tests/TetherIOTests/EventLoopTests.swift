@@ -429,4 +429,32 @@ extension EventLoopTests {
         setsockopt(old, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         XCTAssertEqual(recv(old, &buf, buf.count, 0), 4)
     }
+
+    /// A drain stops the public listeners only: another listener on the same loop keeps accepting.
+    func testStopAcceptingSelectedListenerKeepsTheOthers() throws {
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        defer { group.shutdown() }
+        let any = SocketAddress(host: "127.0.0.1", port: 0)!
+        let (publicFDs, publicAddress) = try Socket.listen(on: any, count: 1)
+        let (adminFDs, adminAddress) = try Socket.listen(on: any, count: 1)
+        try group.start { loop in
+            loop.startAccepting(listenFD: publicFDs[0]) { _ in EchoHandler() }
+            loop.startAccepting(listenFD: adminFDs[0]) { _ in EchoHandler() }
+        }
+        let stopped = publicFDs[0]
+        group.handles[0].execute { $0.stopAccepting(where: { $0 == stopped }) }
+        XCTAssertTrue(waitUntil(timeout: 10) {
+            let fd = connectBlocking(to: publicAddress)
+            if fd >= 0 { close(fd) }
+            return fd < 0
+        }, "the stopped listener still accepts")
+        let admin = connectBlocking(to: adminAddress)
+        XCTAssertGreaterThanOrEqual(admin, 0, "the other listener stopped too")
+        defer { if admin >= 0 { close(admin) } }
+        XCTAssertEqual(send(admin, "ping", 4, 0), 4)
+        var buf = [UInt8](repeating: 0, count: 8)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(admin, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        XCTAssertEqual(recv(admin, &buf, buf.count, 0), 4)
+    }
 }
