@@ -220,16 +220,21 @@ class Relay:
     """A running tether-relay process."""
 
     def __init__(self, workdir: Path, extra_args: list[str], tls_cert: ServerCert | None,
-                 log_level: str = LOG_LEVEL):
+                 log_level: str = LOG_LEVEL, port: int | None = None):
         self.workdir = workdir
         self.extra_args = list(extra_args)
-        self.port = free_port()
+        # A given port is shared with another relay (SO_REUSEPORT), as in a restart on one host.
+        self.port = port or free_port()
+        # Every relay has its own admin listener (metrics, readiness, admin API): the default
+        # port 9464 is exclusive, so concurrent relays each get a free one.
+        self.admin_port = free_port()
         self.tls_port: int | None = None
         self.cert_path = workdir / "tls" / "server.pem"
         self.key_path = workdir / "tls" / "server.key"
         self.stderr_path = workdir / "relay.stderr.log"
         self.stdout_path = workdir / "relay.stdout.log"
-        self.args = [str(RELAY_BIN), "--host", HOST, "--port", str(self.port), "--log-level", log_level]
+        self.args = [str(RELAY_BIN), "--host", HOST, "--port", str(self.port), "--log-level", log_level,
+                     "--admin-port", str(self.admin_port)]
         if tls_cert is not None:
             self.tls_port = free_port()
             self.cert_path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,12 +370,13 @@ def relay_factory(tmp_path, request):
     with SIGTERM; teardown fails if a relay crashed, did not exit within 10 s, or exited non-zero."""
     relays: list[Relay] = []
 
-    def start(*extra_args: str, tls: ServerCert | None = None, log_level: str = LOG_LEVEL) -> Relay:
+    def start(*extra_args: str, tls: ServerCert | None = None, log_level: str = LOG_LEVEL,
+              port: int | None = None) -> Relay:
         last = None
         for attempt in range(3):  # retry on a port race (free port taken between probe and bind)
             wd = tmp_path / f"relay{len(relays)}"
             wd.mkdir()
-            r = Relay(wd, list(extra_args), tls, log_level)
+            r = Relay(wd, list(extra_args), tls, log_level, port)
             relays.append(r)
             try:
                 return r.start()
