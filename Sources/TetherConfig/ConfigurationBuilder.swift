@@ -72,12 +72,9 @@ struct ConfigurationBuilder {
 
     private mutating func checkAdmin() {
         if !draft.adminEnabled { draft.relay.adminPort = nil }
-        if let path = draft.adminTokenFile {
-            if isSet("admin.token") {
-                fail("admin.token_file", "set either admin.token or admin.token_file, not both (admin.token from \(values["admin.token"].map { "\($0.source)" } ?? "?"))")
-            } else if let token = readSecret("admin.token_file", path) {
-                draft.relay.adminToken = token
-            }
+        if let path = draft.adminTokenFile, prefersFile("admin.token_file", over: "admin.token"),
+           let token = readSecret("admin.token_file", path) {
+            draft.relay.adminToken = token
         }
         if let token = draft.relay.adminToken, token.utf8.count < 16 {
             warn(isSet("admin.token_file") ? "admin.token_file" : "admin.token",
@@ -86,12 +83,9 @@ struct ConfigurationBuilder {
     }
 
     private mutating func checkAuth() {
-        if let path = draft.jwtSecretFile {
-            if isSet("auth.jwt_secret") {
-                fail("auth.jwt_secret_file", "set either auth.jwt_secret or auth.jwt_secret_file, not both (auth.jwt_secret from \(values["auth.jwt_secret"].map { "\($0.source)" } ?? "?"))")
-            } else if let secret = readSecret("auth.jwt_secret_file", path) {
-                draft.relay.auth.hs256Secret = secret
-            }
+        if let path = draft.jwtSecretFile, prefersFile("auth.jwt_secret_file", over: "auth.jwt_secret"),
+           let secret = readSecret("auth.jwt_secret_file", path) {
+            draft.relay.auth.hs256Secret = secret
         }
         if let secret = draft.relay.auth.hs256Secret, secret.utf8.count < 16 {
             fail(isSet("auth.jwt_secret_file") ? "auth.jwt_secret_file" : "auth.jwt_secret",
@@ -198,6 +192,18 @@ struct ConfigurationBuilder {
                 }
             }
         }
+    }
+
+    /// A secret given both directly and as a file: the higher-precedence source wins (an
+    /// environment variable overrides the file's token_file); both from one source is an error.
+    private mutating func prefersFile(_ fileKey: String, over valueKey: String) -> Bool {
+        guard let value = values[valueKey] else { return true }
+        let fileRank = values[fileKey]?.source.rank ?? 0
+        if value.source.rank == fileRank {
+            fail(fileKey, "set either \(valueKey) or \(fileKey), not both (\(valueKey) from \(value.source))")
+            return false
+        }
+        return fileRank > value.source.rank
     }
 
     /// A secret held in a file: whitespace around it is ignored (editors add a newline).

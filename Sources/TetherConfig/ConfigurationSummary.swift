@@ -12,13 +12,13 @@ extension LoadedConfiguration {
         lines.append("listen   \(listen)")
         var admin = c.adminPort.map { "\(c.adminHost):\($0)" } ?? "off"
         if c.adminPort != nil {
-            admin += c.adminToken == nil ? ", no token (admin calls get 401)" : ", token set\(origin("admin.token_file") ?? origin("admin.token") ?? "")"
+            admin += c.adminToken == nil ? ", no token (admin calls get 401)" : ", token set\(origin(of: "admin.token_file", "admin.token"))"
         }
         if c.metricsOnMainListener { admin += ", /metrics on the main listeners" }
         lines.append("admin    \(admin)")
         var auth: [String] = []
         if c.auth.hs256Secret != nil {
-            auth.append("HS256 secret set\(origin("auth.jwt_secret_file") ?? origin("auth.jwt_secret") ?? "")")
+            auth.append("HS256 secret set\(origin(of: "auth.jwt_secret_file", "auth.jwt_secret"))")
         }
         if let file = c.auth.jwksFile { auth.append("JWKS file \(file)") }
         if let url = c.auth.jwksURL { auth.append("JWKS URL \(url)") }
@@ -38,6 +38,12 @@ extension LoadedConfiguration {
             log += ", \(label)=\(c.logging.moduleLevels[label].map { "\($0)" } ?? "")"
         }
         lines.append("log      \(log)")
+        lines.append("sources  \(sourceCounts)")
+        return lines
+    }
+
+    /// "3 from the file, 1 from the environment, 2 from flags; 49 at their defaults".
+    public var sourceCounts: String {
         var counts = [0, 0, 0]
         for resolved in values.values {
             switch resolved.source {
@@ -47,12 +53,13 @@ extension LoadedConfiguration {
             case .defaultValue: break
             }
         }
-        lines.append("sources  \(counts[0]) from the file, \(counts[1]) from the environment, \(counts[2]) from flags; "
-                     + "\(Settings.all.count - values.count) at their defaults")
-        return lines
+        return "\(counts[0]) from the file, \(counts[1]) from the environment, \(counts[2]) from flags; "
+            + "\(Settings.all.count - values.count) at their defaults"
     }
 
-    private func origin(_ key: String) -> String? {
-        values[key].map { " (from \($0.source))" }
+    /// Where a secret given as a value or a file came from: the higher-precedence one.
+    private func origin(of keys: String...) -> String {
+        let winner = keys.compactMap { values[$0] }.max { $0.source.rank < $1.source.rank }
+        return winner.map { " (from \($0.source))" } ?? ""
     }
 }

@@ -91,7 +91,7 @@ public enum Settings {
             if case .string(let s) = v { c.relay.adminToken = s }
         },
         Setting("admin.token_file", flag: "admin-token-file", .path, default: "none",
-                "File holding the admin token (surrounding whitespace ignored); re-read on reload.") { c, v in
+                "File holding the admin token (whitespace around it ignored), re-read on reload; admin.token from a higher-precedence source wins.") { c, v in
             if case .string(let s) = v { c.adminTokenFile = s }
         },
         Setting("admin.metrics_on_main", flag: "metrics-on-main", .bool, default: "\(d.metricsOnMainListener)",
@@ -106,7 +106,7 @@ public enum Settings {
             if case .string(let s) = v { c.relay.auth.hs256Secret = s }
         },
         Setting("auth.jwt_secret_file", flag: "jwt-secret-file", .path, default: "none",
-                "File holding the HS256 secret (surrounding whitespace ignored); re-read on reload.") { c, v in
+                "File holding the HS256 secret (whitespace around it ignored), re-read on reload; auth.jwt_secret from a higher-precedence source wins.") { c, v in
             if case .string(let s) = v { c.jwtSecretFile = s }
         },
         Setting("auth.issuer", flag: "jwt-issuer", .string(allowEmpty: true), default: "any",

@@ -27,7 +27,7 @@ enum RunCommand {
         for warning in loaded.warnings { configLogger.warning("\(warning)") }
         configLogger.debug("configuration loaded", metadata: [
             "file": "\(loaded.configFile ?? "none")",
-            "sources": "\(loaded.summary().last ?? "")",
+            "sources": "\(loaded.sourceCounts)",
         ])
 
         // Signals are taken synchronously by this thread (sigwait); workers inherit the mask.

@@ -228,6 +228,12 @@ import TetherRelay
         let loaded = try load(flags: ["--admin-token-file", token, "--jwt-secret-file", secret])
         #expect(loaded.relay.adminToken == "admin-token-0123456789")
         #expect(loaded.relay.auth.hs256Secret == "jwt-secret-0123456789abcdef")
+        // The value or the file, whichever comes from the higher-precedence source.
+        let yaml = try scratch.write("relay.yaml", "admin: {token_file: \(token)}\nauth: {jwt_secret: from-the-file-0123456789}\n")
+        let overridden = try load(file: yaml, env: ["TETHER_ADMIN_TOKEN": "from-the-environment-0123", "TETHER_JWT_SECRET_FILE": secret])
+        #expect(overridden.relay.adminToken == "from-the-environment-0123")
+        #expect(overridden.relay.auth.hs256Secret == "jwt-secret-0123456789abcdef")
+        #expect(try load(file: yaml).relay.adminToken == "admin-token-0123456789")
     }
 
     @Test func flagsOverrideTheQuotaFile() throws {

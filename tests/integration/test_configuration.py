@@ -379,12 +379,19 @@ def test_admin_token_never_in_output(bare_relay, tmp_path, how):
     output = relay.stderr_text() + relay.stdout_path.read_text()
     assert ADMIN_TOKEN not in output
 
-    # Nor in check-config's summary or errors (a conflicting token file is an error).
-    token_file = write(tmp_path / "token", ADMIN_TOKEN)
-    out = relay_cmd("check-config", *given, "--admin-token-file", str(token_file), "--port", "70000", env=env)
-    assert out.returncode == 1
-    assert "set either admin.token or admin.token_file" in out.stderr, out.stderr
+    # Nor in check-config's summary or errors.
+    out = relay_cmd("check-config", *given, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "token set (from " in out.stdout
+    out = relay_cmd("check-config", *given, "--port", "70000", env=env)
+    assert out.returncode == 1 and "listen.port (from --port)" in out.stderr
     assert ADMIN_TOKEN not in out.stdout + out.stderr
+    if how == "flag":  # a token and a token file from one source: an error that shows neither
+        token_file = write(tmp_path / "token", ADMIN_TOKEN + "-other")
+        out = relay_cmd("check-config", *given, "--admin-token-file", str(token_file))
+        assert out.returncode == 1
+        assert "set either admin.token or admin.token_file, not both" in out.stderr, out.stderr
+        assert ADMIN_TOKEN not in out.stdout + out.stderr
 
 
 def test_token_subcommand_uses_the_same_settings(bare_relay, tmp_path):
