@@ -99,7 +99,7 @@ public enum ConfigurationDoc {
     wrong:
 
     ```
-    tether-relay: 2 configuration errors:
+    tether-relay: 2 configuration errors (configuration file /etc/tether/relay.yaml):
       listen.port (from TETHER_PORT): must be 0...65535, got 70000
       limts (from /etc/tether/relay.yaml:7): unknown key (did you mean limits?)
     ```
