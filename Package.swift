@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // System libraries (Debian: liburing-dev, libssl-dev, libjemalloc-dev).
@@ -70,9 +71,15 @@ let package = Package(
             "TetherMetrics",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The relay's settings: one registry of every key (file, environment, flag), the YAML
+        // loader, validation, --help and docs/CONFIGURATION.md are all derived from it.
+        .target(name: "TetherConfig", dependencies: [
+            "TetherRelay", "TetherAuth", "TetherQuota", "TetherTLS",
+            .product(name: "Yams", package: "Yams"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "tether-relay", dependencies: [
-            "TetherRelay", "TetherQuota", "TetherAuth", "CJemalloc",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "TetherConfig", "TetherRelay", "TetherQuota", "TetherAuth", "CJemalloc",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The desktop side: portable (Linux and macOS), so SwiftNIO rather than io_uring.
@@ -105,5 +112,9 @@ let package = Package(
         ]),
         .testTarget(name: "TetherQuotaTests", dependencies: ["TetherQuota"]),
         .testTarget(name: "TetherMetricsTests", dependencies: ["TetherMetrics"]),
+        .testTarget(name: "TetherConfigTests", dependencies: [
+            "TetherConfig", "TetherRelay", "TetherQuota",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ]
 )

@@ -1,0 +1,320 @@
+import Logging
+import TetherQuota
+import TetherRelay
+
+/// The registry: every relay setting, in the order of the docs. Flags keep the names they had
+/// before the file existed; environment variables are TETHER_ + the flag in upper snake case.
+public enum Settings {
+    public static let all: [Setting] = listen + tls + admin + auth + jwks + tunnel + limits + sessions + quotas + log + other
+
+    static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
+    static let byFlag: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.flag, $0) })
+    static let byEnvironment: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.environment, $0) })
+
+    public static func setting(key: String) -> Setting? { byKey[key] }
+
+    /// Every key and every section ("listen", "quotas.default"): candidates for "did you mean".
+    static let filePaths: [String] = {
+        var paths = Set<String>()
+        for s in all {
+            let parts = s.key.split(separator: ".")
+            for n in 1...parts.count { paths.insert(parts[0..<n].joined(separator: ".")) }
+        }
+        return paths.sorted()
+    }()
+
+    /// Section names in file order, with a line of doc each.
+    public static let sections: [(name: String, doc: String)] = [
+        ("listen", "Listeners and worker threads"),
+        ("tls", "TLS listener"),
+        ("admin", "Admin listener: GET /metrics, /healthz, /readyz and the /admin API"),
+        ("auth", "Token validation"),
+        ("jwks", "JWT keys from a JWKS file or URL"),
+        ("tunnel", "Bridge tunnels (docs/PROTOCOL.md)"),
+        ("limits", "HTTP and WebSocket limits, capacity and per-address limits"),
+        ("sessions", "Sessions (docs/SESSIONS.md)"),
+        ("quotas", "Quota profiles (docs/SESSIONS.md); the quotas.default.* keys override the default profile"),
+        ("log", "Logging"),
+        ("drain", "Graceful shutdown"),
+        ("audit", "Audit log"),
+    ]
+
+    private static let d = RelayConfiguration()
+    private static let day: ClosedRange<Double> = 0...86_400
+    private static let maxWindow = Int(Int32.max)
+
+    static let listen: [Setting] = [
+        Setting("listen.host", flag: "host", .string(allowEmpty: false), default: d.host, reload: .restart,
+                "Address of the listeners (plaintext and TLS).") { c, v in
+            if case .string(let s) = v { c.relay.host = s }
+        },
+        Setting("listen.port", flag: "port", .port(allowOff: false), default: "\(d.port)", reload: .restart,
+                "Port of the plaintext HTTP listener (0 picks a free one).") { c, v in
+            if case .port(let p?) = v { c.relay.port = p }
+        },
+        Setting("listen.workers", flag: "workers", .integer(1...256), default: "one per core", reload: .restart,
+                "Worker threads, one io_uring each.") { c, v in
+            if case .integer(let n) = v { c.relay.workers = n }
+        },
+    ]
+
+    static let tls: [Setting] = [
+        Setting("tls.port", flag: "tls-port", .port(allowOff: true), default: "off", reload: .restart,
+                "Port of the TLS listener on listen.host (TLS 1.2/1.3, ALPN http/1.1); needs tls.cert and tls.key.") { c, v in
+            if case .port(let p) = v { c.relay.tlsPort = p }
+        },
+        Setting("tls.cert", flag: "tls-cert", .path, default: "none",
+                "PEM certificate chain (leaf first) for the TLS listener.") { c, v in
+            if case .string(let s) = v { c.relay.tlsCertificateFile = s }
+        },
+        Setting("tls.key", flag: "tls-key", .path, default: "none",
+                "PEM private key for the TLS listener.") { c, v in
+            if case .string(let s) = v { c.relay.tlsKeyFile = s }
+        },
+    ]
+
+    static let admin: [Setting] = [
+        Setting("admin.enabled", flag: "admin-enabled", .bool, default: "true", reload: .restart,
+                "Run the admin listener at all (false is the same as admin.port off).") { c, v in
+            if case .bool(let b) = v { c.adminEnabled = b }
+        },
+        Setting("admin.host", flag: "admin-host", .string(allowEmpty: false), default: d.adminHost, reload: .restart,
+                "Address of the admin listener (keep it private: loopback or an internal network).") { c, v in
+            if case .string(let s) = v { c.relay.adminHost = s }
+        },
+        Setting("admin.port", flag: "admin-port", .port(allowOff: true), default: d.adminPort.map { "\($0)" } ?? "off",
+                reload: .restart, "Port of the admin listener (0 picks a free one, off disables it).") { c, v in
+            if case .port(let p) = v { c.relay.adminPort = p }
+        },
+        Setting("admin.token", flag: "admin-token", .string(allowEmpty: false), default: "none (every /admin call gets 401)",
+                secret: true, "Bearer token for /admin/* (prefer admin.token_file; never logged).") { c, v in
+            if case .string(let s) = v { c.relay.adminToken = s }
+        },
+        Setting("admin.token_file", flag: "admin-token-file", .path, default: "none",
+                "File holding the admin token (whitespace around it ignored), re-read on reload; admin.token from a higher-precedence source wins.") { c, v in
+            if case .string(let s) = v { c.adminTokenFile = s }
+        },
+        Setting("admin.metrics_on_main", flag: "metrics-on-main", .bool, default: "\(d.metricsOnMainListener)",
+                "Also serve GET /metrics on the main listeners (they are public: off by default).") { c, v in
+            if case .bool(let b) = v { c.relay.metricsOnMainListener = b }
+        },
+    ]
+
+    static let auth: [Setting] = [
+        Setting("auth.jwt_secret", flag: "jwt-secret", .string(allowEmpty: false), default: "none", secret: true,
+                "HS256 shared secret for bridge and client tokens (at least 16 bytes; 32 recommended).") { c, v in
+            if case .string(let s) = v { c.relay.auth.hs256Secret = s }
+        },
+        Setting("auth.jwt_secret_file", flag: "jwt-secret-file", .path, default: "none",
+                "File holding the HS256 secret (whitespace around it ignored), re-read on reload; auth.jwt_secret from a higher-precedence source wins.") { c, v in
+            if case .string(let s) = v { c.jwtSecretFile = s }
+        },
+        Setting("auth.issuer", flag: "jwt-issuer", .string(allowEmpty: true), default: "any",
+                "Required `iss` claim (and the issuer of tokens minted by `tether-relay token`).") { c, v in
+            if case .string(let s) = v { c.relay.auth.issuer = s.isEmpty ? nil : s }
+        },
+        Setting("auth.audience", flag: "jwt-audience", .string(allowEmpty: true), default: "any",
+                "Required `aud` claim (and the audience of minted tokens).") { c, v in
+            if case .string(let s) = v { c.relay.auth.audience = s.isEmpty ? nil : s }
+        },
+        Setting("auth.leeway", flag: "jwt-leeway", .integer(0...3600), default: "\(d.auth.leewaySeconds)",
+                "Seconds of clock skew tolerated on `exp` and `nbf`.") { c, v in
+            if case .integer(let n) = v { c.relay.auth.leewaySeconds = n }
+        },
+    ]
+
+    static let jwks: [Setting] = [
+        Setting("jwks.file", flag: "jwks-file", .path, default: "none",
+                "Local JWKS file with RS256/ES256 public keys, chosen by `kid` (re-read every refresh interval).") { c, v in
+            if case .string(let s) = v { c.relay.auth.jwksFile = s }
+        },
+        Setting("jwks.url", flag: "jwks-url", .string(allowEmpty: false), default: "none",
+                "JWKS over HTTPS, e.g. https://<tenant>.auth0.com/.well-known/jwks.json (http:// only to loopback).") { c, v in
+            if case .string(let s) = v { c.relay.auth.jwksURL = s }
+        },
+        Setting("jwks.ca_file", flag: "jwks-ca-file", .path, default: "the system's roots",
+                "PEM CA bundle that verifies the JWKS server.") { c, v in
+            if case .string(let s) = v { c.relay.auth.jwksCAFile = s }
+        },
+        Setting("jwks.refresh_interval", flag: "jwks-refresh-interval", .seconds(1...86_400, minExclusive: false),
+                default: format(d.auth.jwksRefreshSeconds),
+                "Seconds between re-reads of jwks.file and re-fetches of jwks.url.") { c, v in
+            if case .number(let s) = v { c.relay.auth.jwksRefreshSeconds = s }
+        },
+        Setting("jwks.min_refresh_interval", flag: "jwks-min-refresh-interval", .seconds(1...86_400, minExclusive: false),
+                default: format(d.auth.jwksMinRefreshSeconds),
+                "Least seconds between refreshes caused by tokens with an unknown `kid`.") { c, v in
+            if case .number(let s) = v { c.relay.auth.jwksMinRefreshSeconds = s }
+        },
+    ]
+
+    static let tunnel: [Setting] = [
+        Setting("tunnel.stream_window", flag: "stream-window", .bytes(65_536...maxWindow), default: "1MiB",
+                "Flow-control window per stream advertised to bridges (bandwidth × RTT: 8 MiB moves 100 MB/s over 50 ms).") { c, v in
+            if case .integer(let n) = v { c.relay.tunnel.streamWindow = n }
+        },
+        Setting("tunnel.window", flag: "tunnel-window", .bytes(65_536...maxWindow), default: "8MiB",
+                "Flow-control window per tunnel (all streams of one bridge); at least tunnel.stream_window.") { c, v in
+            if case .integer(let n) = v { c.relay.tunnel.tunnelWindow = n }
+        },
+        Setting("tunnel.max_streams", flag: "tunnel-max-streams", .integer(1...65_535), default: "\(d.tunnel.maxStreams)",
+                "Most concurrent streams the relay opens on one tunnel (the bridge may allow fewer).") { c, v in
+            if case .integer(let n) = v { c.relay.tunnel.maxStreams = n }
+        },
+        Setting("tunnel.stream_idle_timeout", flag: "stream-idle-timeout", .seconds(day, minExclusive: true),
+                default: seconds(d.streamIdleTimeoutMilliseconds),
+                "Seconds a proxied stream may stay idle (no head, no bytes either way) before it fails; no total limit.") { c, v in
+            if case .number(let s) = v { c.relay.streamIdleTimeoutMilliseconds = milliseconds(s) }
+        },
+        Setting("tunnel.ping_interval", flag: "tunnel-ping-interval", .seconds(day, minExclusive: true),
+                default: seconds(d.tunnelPingIntervalMilliseconds),
+                "Seconds between pings on a tunnel; two unanswered pings drop the bridge.") { c, v in
+            if case .number(let s) = v {
+                c.relay.tunnelPingIntervalMilliseconds = milliseconds(s)
+                c.relay.tunnel.pingIntervalMilliseconds = Int(milliseconds(s))
+            }
+        },
+        Setting("tunnel.legacy_ping_interval", flag: "legacy-ping-interval", .seconds(day, minExclusive: true),
+                default: seconds(d.legacyPingIntervalMilliseconds),
+                "Seconds between pings on a legacy JSON bridge (/ws/bridge); two silent intervals drop it.") { c, v in
+            if case .number(let s) = v { c.relay.legacyPingIntervalMilliseconds = milliseconds(s) }
+        },
+        Setting("tunnel.handshake_timeout", flag: "bridge-handshake-timeout", .seconds(day, minExclusive: true),
+                default: seconds(d.bridgeHandshakeTimeoutMilliseconds),
+                "Seconds a bridge has to send its HELLO after the WebSocket upgrade (else close 1008).") { c, v in
+            if case .number(let s) = v { c.relay.bridgeHandshakeTimeoutMilliseconds = milliseconds(s) }
+        },
+    ]
+
+    static let limits: [Setting] = [
+        Setting("limits.max_body_size", flag: "max-body-size", .bytes(0...Int(Int64.max)), default: "10MiB",
+                "Largest HTTP request body, proxied ones included (bigger: 413); tiers may allow more.") { c, v in
+            if case .integer(let n) = v { c.relay.httpLimits.maxBodySize = n }
+        },
+        Setting("limits.ws_max_message", flag: "ws-max-message", .bytes(1...Int(Int32.max)), default: "16MiB",
+                "Largest WebSocket message (bigger: close 1009).") { c, v in
+            if case .integer(let n) = v { c.relay.webSocketMaxMessage = n }
+        },
+        Setting("limits.header_timeout", flag: "header-timeout", .seconds(day, minExclusive: true),
+                default: seconds(d.headerTimeoutMilliseconds),
+                "Seconds a client has to send a complete request head (slow clients get 408).") { c, v in
+            if case .number(let s) = v { c.relay.headerTimeoutMilliseconds = milliseconds(s) }
+        },
+        Setting("limits.idle_timeout", flag: "idle-timeout", .seconds(day, minExclusive: true),
+                default: seconds(d.idleTimeoutMilliseconds),
+                "Seconds an idle keep-alive connection or a stalled request body is kept.") { c, v in
+            if case .number(let s) = v { c.relay.idleTimeoutMilliseconds = milliseconds(s) }
+        },
+        Setting("limits.ws_idle_timeout", flag: "ws-idle-timeout", .seconds(day, minExclusive: true),
+                default: seconds(d.webSocketIdleTimeoutMilliseconds),
+                "Seconds a WebSocket connection may stay silent before it is closed (1001).") { c, v in
+            if case .number(let s) = v { c.relay.webSocketIdleTimeoutMilliseconds = milliseconds(s) }
+        },
+        Setting("limits.max_sessions", flag: "max-sessions", .integer(1...10_000_000), default: "\(d.maxSessions)",
+                "Most sessions on this relay; more get 503 CAPACITY_EXCEEDED (bridges: close 1013).") { c, v in
+            if case .integer(let n) = v { c.relay.maxSessions = n }
+        },
+        Setting("limits.max_connections", flag: "max-connections", .integer(1...Int(Int32.max)),
+                default: "descriptor limit − 2%",
+                "Most open connections; more get 503 CAPACITY_EXCEEDED.") { c, v in
+            if case .integer(let n) = v { c.relay.maxConnections = n }
+        },
+        Setting("limits.handshake_rate", flag: "handshake-rate", .number(0...1e9), default: format(d.handshakesPerSecondPerAddress),
+                "Bridge handshakes per second per client address (0 = no limit; over: close 4029).") { c, v in
+            if case .number(let n) = v { c.relay.handshakesPerSecondPerAddress = n }
+        },
+        Setting("limits.handshake_burst", flag: "handshake-burst", .number(0...1e9), default: format(d.handshakeBurstPerAddress),
+                "Burst of bridge handshakes per client address.") { c, v in
+            if case .number(let n) = v { c.relay.handshakeBurstPerAddress = n }
+        },
+        Setting("limits.auth_failure_rate", flag: "auth-failure-rate", .number(0...1e9),
+                default: format(d.authFailuresPerSecondPerAddress),
+                "Failed authentications per second per client address (0 = no limit; over: 429 AUTH_RATE_LIMITED / close 4029).") { c, v in
+            if case .number(let n) = v { c.relay.authFailuresPerSecondPerAddress = n }
+        },
+        Setting("limits.auth_failure_burst", flag: "auth-failure-burst", .number(0...1e9),
+                default: format(d.authFailureBurstPerAddress),
+                "Burst of failed authentications per client address.") { c, v in
+            if case .number(let n) = v { c.relay.authFailureBurstPerAddress = n }
+        },
+        Setting("limits.limit_loopback", flag: "limit-loopback", .bool, default: "\(!d.addressLimitsExemptLoopback)",
+                "Apply the per-address limits to loopback clients too (a local reverse proxy shares one address).") { c, v in
+            if case .bool(let b) = v { c.relay.addressLimitsExemptLoopback = !b }
+        },
+    ]
+
+    static let sessions: [Setting] = [
+        Setting("sessions.idle_timeout", flag: "session-idle-timeout", .seconds(day, minExclusive: true),
+                default: seconds(d.sessionIdleTimeoutMilliseconds),
+                "Seconds without stream traffic before a session is parked (bridges kept) or, without bridges, removed.") { c, v in
+            if case .number(let s) = v { c.relay.sessionIdleTimeoutMilliseconds = milliseconds(s) }
+        },
+    ]
+
+    private static let p = QuotaProfile()
+
+    static let quotas: [Setting] = [
+        Setting("quotas.file", flag: "quota-file", .path, default: "embedded defaults",
+                "JSON file of quota profiles: the default profile and one per tier (docs/SESSIONS.md).") { c, v in
+            if case .string(let s) = v { c.quotaFile = s }
+        },
+        Setting("quotas.tier_claim", flag: "tier-claim", .string(allowEmpty: false), default: "tier",
+                "JWT claim naming the caller's tier (overrides the quota file's tier_claim).") { c, v in
+            if case .string(let s) = v { c.tierClaim = s }
+        },
+        Setting("quotas.default.max_bridges", flag: "max-bridges", .integer(1...1000), default: "\(p.maxBridges)",
+                "Bridges one session may connect at once (over: close 4008).") { c, v in
+            if case .integer(let n) = v { c.profile.maxBridges = n }
+        },
+        Setting("quotas.default.max_streams", flag: "max-streams", .integer(1...65_535), default: "\(p.maxStreams)",
+                "Concurrent streams per session (over: 429 TOO_MANY_STREAMS).") { c, v in
+            if case .integer(let n) = v { c.profile.maxStreams = n }
+        },
+        Setting("quotas.default.requests_per_second", flag: "rate-limit", .number(0...1e9), default: format(p.requestsPerSecond),
+                "Requests per second per session, token bucket (0 = unlimited; over: 429 RATE_LIMITED).") { c, v in
+            if case .number(let n) = v { c.profile.requestsPerSecond = n }
+        },
+        Setting("quotas.default.request_burst", flag: "rate-burst", .integer(1...1_000_000_000), default: "\(p.requestBurst)",
+                "Request burst per session.") { c, v in
+            if case .integer(let n) = v { c.profile.requestBurst = n }
+        },
+        Setting("quotas.default.bandwidth_bytes_per_second", flag: "bandwidth-limit", .bytes(0...Int(Int64.max)),
+                default: "50MiB", "Bytes per second per session and direction, shaped, never cut (0 = unlimited).") { c, v in
+            if case .integer(let n) = v { c.profile.bandwidthBytesPerSecond = n }
+        },
+        Setting("quotas.default.memory_bytes", flag: "session-memory", .bytes(262_144...Int(Int64.max)), default: "8MiB",
+                "Bytes the relay may hold for one session at once (sizes its flow-control windows).") { c, v in
+            if case .integer(let n) = v { c.profile.memoryBytes = n }
+        },
+    ]
+
+    static let log: [Setting] = [
+        Setting("log.level", flag: "log-level", .choice(Logger.Level.allCases.map(\.rawValue)), default: "\(d.logging.level)",
+                "Level of every logger without its own in log.levels.") { c, v in
+            if case .string(let s) = v, let level = Logger.Level(rawValue: s) { c.relay.logging.level = level }
+        },
+        Setting("log.format", flag: "log-format", .choice(LogConfiguration.Format.allCases.map(\.rawValue)),
+                default: d.logging.format.rawValue,
+                "text (one line per record) or json (one object per line: ts, level, logger, msg, metadata).") { c, v in
+            if case .string(let s) = v, let f = LogConfiguration.Format(rawValue: s) { c.relay.logging.format = f }
+        },
+        Setting("log.levels", flag: "log-module-level", .levels, default: "none",
+                "Level per logger label, e.g. tether.tunnel=debug (flag repeatable; sources merge per label).") { c, v in
+            if case .levels(let levels) = v { c.relay.logging.moduleLevels.merge(levels) { _, new in new } }
+        },
+    ]
+
+    static let other: [Setting] = [
+        Setting("drain.timeout", flag: "drain-timeout", .seconds(day, minExclusive: false), default: format(d.drainTimeoutSeconds),
+                "Seconds SIGTERM waits for streams in flight (after GOAWAY to every bridge) before exiting.") { c, v in
+            if case .number(let s) = v { c.relay.drainTimeoutSeconds = s }
+        },
+        Setting("audit.log", flag: "audit-log", .string(allowEmpty: true), default: "-", reload: .restart,
+                "Audit log, JSON lines: - for stdout, off, or a file path (appended).") { c, v in
+            if case .string(let s) = v { c.auditLog = s }
+        },
+    ]
+
+    static func milliseconds(_ seconds: Double) -> UInt64 { UInt64((seconds * 1000).rounded()) }
+    static func seconds(_ milliseconds: UInt64) -> String { format(Double(milliseconds) / 1000) }
+}
