@@ -128,9 +128,9 @@ public enum ConfigurationDoc {
     `<time> <level> <label> : <metadata> [<module>] <message>`; `json` is one object per line
     with `ts` (RFC 3339, UTC, milliseconds), `level`, `logger` (the label), `msg` and the
     metadata as fields. `log.level` sets every logger; `log.levels` sets one label:
-    `tether.relay` (lifecycle, listeners, JWT keys), `tether.config` (this configuration),
-    and the labels of later modules (`tether.tunnel`, `tether.auth`, `tether.quota`,
-    `tether.tls`, `tether.admin`).
+    `tether.relay` (lifecycle, listeners, reload, drain), `tether.config` (this configuration),
+    `tether.auth` (JWT keys, JWKS refresh, refused tokens), `tether.tunnel` (bridges and
+    tunnels), `tether.http` (client requests) and `tether.admin` (the admin API).
 
     ## Settings
 

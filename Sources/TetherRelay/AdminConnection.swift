@@ -111,10 +111,7 @@ final class AdminConnection: ConnectionHandler {
     }
 
     static func readiness(_ context: RelayContext) -> (Int, String) {
-        var readiness = context.control.readiness
-        if readiness == .ready, let operations = context.control.operations.withLock({ $0 }), !operations.hasKeys() {
-            readiness = .starting
-        }
+        let readiness = context.control.effectiveReadiness
         let reason: String
         switch readiness {
         case .ready: return (200, "{\"status\":\"ready\"}")
@@ -147,6 +144,8 @@ final class AdminConnection: ConnectionHandler {
         }
         guard let failure else { return true }
         context.stats.adminAuthFailures.addFromOwner()
+        context.adminLogger.notice("admin call refused", metadata: [
+            "reason": "\(failure.code)", "path": "\(head.path)", "peer": "\(connection?.remoteAddress?.host ?? "?")"])
         context.audit.record("admin_auth_failure", [
             "address": .string(connection?.remoteAddress?.host ?? ""), "method": .string(head.method),
             "path": .string(head.path), "reason": .string(failure.code)])
@@ -175,6 +174,7 @@ final class AdminConnection: ConnectionHandler {
             listSessions(query: head.query, keepAlive: keepAlive)
         case ("/admin/drain", "POST"):
             context.audit.record("admin_drain", ["address": .string(address)])
+            context.adminLogger.info("drain requested through the admin API", metadata: ["peer": "\(address)"])
             let deadline = context.configuration.drainTimeoutSeconds
             respond(status: 202, body: "{\"status\":\"draining\",\"deadline_seconds\":\(JSONNumber.format(deadline))}",
                     keepAlive: false)
@@ -270,7 +270,8 @@ final class AdminConnection: ConnectionHandler {
                                   keepAlive: keepAlive)
                 return
             }
-            self?.context.audit.record("admin_session_kick", ["session": .string(id.hex), "address": .string(address)])
+            self?.context.adminLogger.info("session removed by the operator", metadata: [
+                "session": "\(id.hex)", "peer": "\(address)"])
             self?.finishAsync(status: 200, body: body, keepAlive: keepAlive)
         }
     }

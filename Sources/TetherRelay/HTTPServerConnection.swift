@@ -517,7 +517,7 @@ final class HTTPServerConnection: ConnectionHandler {
         case .success(let verified):
             identity = verified
         case .failure(let failure):
-            context.logger.notice("bridge refused", metadata: [
+            context.authLogger.notice("bridge refused", metadata: [
                 "reason": "\(failure.metricLabel)", "peer": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
             refuseBridge(connection, code: 4001, reason: failure.reason)
             return

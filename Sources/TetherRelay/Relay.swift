@@ -62,7 +62,8 @@ public final class Relay: Sendable {
                                   control: RelayControl(workerStats: workerStats))
         let workers = WorkerDirectory(handles: group.handles)
         self.workers = workers
-        self.keys = Mutex(try KeyRefresher(configuration: configuration.auth, logger: logger, stats: keyStatsStore,
+        self.keys = Mutex(try KeyRefresher(configuration: configuration.auth, logger: Logger(label: "tether.auth"),
+                                           stats: keyStatsStore,
                                            install: Relay.installer(workers)))
         if configuration.tlsPort != nil {
             self.tlsBox = TLSContextBox(try Relay.loadTLS(configuration))
@@ -249,17 +250,14 @@ public final class Relay: Sendable {
             if new[keyPath: path] != old[keyPath: path] { restart.append(name) }
             new[keyPath: path] = old[keyPath: path]
         }
+        // Named as in docs/CONFIGURATION.md (the settings marked "restart").
         keep("listen.host", \.host)
         keep("listen.port", \.port)
+        keep("listen.workers", \.workers)
         keep("tls.port", \.tlsPort)
-        keep("workers", \.workers)
         keep("admin.host", \.adminHost)
         keep("admin.port", \.adminPort)
         keep("audit.log", \.auditLog)
-        keep("limits.handshake_rate", \.handshakesPerSecondPerAddress)
-        keep("limits.handshake_burst", \.handshakeBurstPerAddress)
-        keep("limits.auth_failure_rate", \.authFailuresPerSecondPerAddress)
-        keep("limits.auth_failure_burst", \.authFailureBurstPerAddress)
         new.io = old.io
 
         // Check everything first.
@@ -274,7 +272,8 @@ public final class Relay: Sendable {
         var replacement: KeyRefresher?
         if new.auth != old.auth {
             do {
-                replacement = try KeyRefresher(configuration: new.auth, logger: logger, stats: keyStatsStore,
+                replacement = try KeyRefresher(configuration: new.auth, logger: Logger(label: "tether.auth"),
+                                               stats: keyStatsStore,
                                                install: Relay.installer(workers))
             } catch {
                 return ReloadOutcome(ok: false, message: "auth: \(error)")
@@ -311,7 +310,8 @@ public final class Relay: Sendable {
             changes.append("auth.keys (a source failed: its previous keys stay)")
         }
         shared.tiers.withLock { $0 = new.tiers }
-        // MERGE: RelayLogging.update(new.logging) once the configuration branch lands.
+        shared.applyAddressLimits(old: old, new: new)
+        RelayLogging.update(new.logging)
         let maxConnections = new.maxConnections ?? Relay.defaultMaxConnections()
         let applied = new
         let directory = workers
@@ -352,6 +352,11 @@ public final class Relay: Sendable {
         check("sessions.idle_timeout", \.sessionIdleTimeoutMilliseconds)
         check("sessions.max_sessions", \.maxSessions)
         check("limits.max_connections", \.maxConnections)
+        check("limits.handshake_rate", \.handshakesPerSecondPerAddress)
+        check("limits.handshake_burst", \.handshakeBurstPerAddress)
+        check("limits.auth_failure_rate", \.authFailuresPerSecondPerAddress)
+        check("limits.auth_failure_burst", \.authFailureBurstPerAddress)
+        check("limits.limit_loopback", \.addressLimitsExemptLoopback)
         check("admin.token", \.adminToken)
         check("admin.metrics_on_main", \.metricsOnMainListener)
         check("drain.timeout", \.drainTimeoutSeconds)

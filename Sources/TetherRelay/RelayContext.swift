@@ -10,7 +10,14 @@ final class RelayContext {
     /// Replaced by a reload (posted to this loop); listeners and workers never change.
     var configuration: RelayConfiguration
     let stats: RelayStats
+    /// The relay's process-wide logger ("tether.relay").
     let logger: Logger
+    /// Per module, so that `log.levels` can turn one up: bridges and tunnels, client requests,
+    /// authentication, the admin API.
+    let tunnelLogger = Logger(label: "tether.tunnel")
+    let httpLogger = Logger(label: "tether.http")
+    let authLogger = Logger(label: "tether.auth")
+    let adminLogger = Logger(label: "tether.admin")
     /// Replaced by the key refresher (posted to this loop) when the key set changes.
     var verifier: TokenVerifier
     /// Asked for a refresh when a token names an unknown kid.

@@ -50,6 +50,13 @@ final class RelayControl: Sendable {
         set { readinessValue.store(newValue.rawValue, ordering: .releasing) }
     }
 
+    /// Readiness as probes see it: ready only while verification keys can be used too.
+    var effectiveReadiness: Readiness {
+        let state = readiness
+        guard state == .ready, let operations = operations.withLock({ $0 }) else { return state }
+        return operations.hasKeys() ? .ready : .starting
+    }
+
     /// A drain is final: once draining, the relay never becomes ready again.
     func markReady() {
         _ = readinessValue.compareExchange(expected: Readiness.starting.rawValue, desired: Readiness.ready.rawValue,

@@ -53,7 +53,7 @@ enum RelayMetrics {
             for i in total.bridges.indices { total.bridges[i] += worker.bridges[i] }
         }
 
-        let readiness = control.readiness
+        let readiness = control.effectiveReadiness
         out.family("tether_ready", help: "1 while the relay takes traffic (GET /readyz answers 200).", type: .gauge)
         out.sample("tether_ready", readiness == .ready ? 1 : 0)
         out.family("tether_draining", help: "1 once a drain (SIGTERM, POST /admin/drain) has started.", type: .gauge)

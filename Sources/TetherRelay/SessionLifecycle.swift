@@ -11,18 +11,34 @@ final class RelayShared: Sendable {
     let tiers: Mutex<TierTable>
     let audit: AuditLog
     let sessionCount = Atomic<Int>(0)
-    let handshakeLimiter: AddressLimiter
-    let authFailureLimiter: AddressLimiter
     let control: RelayControl
+    /// Replaced whole by a reload that changes their rates (buckets start over): a lock to
+    /// read the reference, on the handshake path only, where the limiter locks a shard anyway.
+    private let limiters: Mutex<(handshake: AddressLimiter, authFailure: AddressLimiter)>
 
     init(configuration: RelayConfiguration, audit: AuditLog, control: RelayControl) {
         tiers = Mutex(configuration.tiers)
         self.audit = audit
         self.control = control
-        handshakeLimiter = AddressLimiter(ratePerSecond: configuration.handshakesPerSecondPerAddress,
-                                          burst: configuration.handshakeBurstPerAddress)
-        authFailureLimiter = AddressLimiter(ratePerSecond: configuration.authFailuresPerSecondPerAddress,
-                                            burst: configuration.authFailureBurstPerAddress)
+        limiters = Mutex(RelayShared.makeLimiters(configuration))
+    }
+
+    var handshakeLimiter: AddressLimiter { limiters.withLock { $0.handshake } }
+    var authFailureLimiter: AddressLimiter { limiters.withLock { $0.authFailure } }
+
+    private static func makeLimiters(_ c: RelayConfiguration) -> (handshake: AddressLimiter, authFailure: AddressLimiter) {
+        (AddressLimiter(ratePerSecond: c.handshakesPerSecondPerAddress, burst: c.handshakeBurstPerAddress),
+         AddressLimiter(ratePerSecond: c.authFailuresPerSecondPerAddress, burst: c.authFailureBurstPerAddress))
+    }
+
+    /// A reload: new per-address limiters when their settings changed.
+    func applyAddressLimits(old: RelayConfiguration, new: RelayConfiguration) {
+        guard old.handshakesPerSecondPerAddress != new.handshakesPerSecondPerAddress
+            || old.handshakeBurstPerAddress != new.handshakeBurstPerAddress
+            || old.authFailuresPerSecondPerAddress != new.authFailuresPerSecondPerAddress
+            || old.authFailureBurstPerAddress != new.authFailureBurstPerAddress else { return }
+        let fresh = RelayShared.makeLimiters(new)
+        limiters.withLock { $0 = fresh }
     }
 
     /// Counts a new session unless that would pass `max`.
@@ -136,6 +152,9 @@ extension RelayContext {
     }
 
     func bridgeConnected(_ session: Session, peer: SocketAddress?, protocolName: String) {
+        tunnelLogger.debug("bridge connected", metadata: [
+            "session": "\(session.id)", "protocol": "\(protocolName)", "peer": "\(peer?.description ?? "?")",
+            "bridges": "\(session.bridges.count)"])
         if let kind = BridgeProtocol.allCases.first(where: { $0.label == protocolName }) {
             stats.bridgeConnects[kind.rawValue].addFromOwner()
         }
@@ -146,6 +165,8 @@ extension RelayContext {
     func bridgeDisconnected(_ session: Session, peer: SocketAddress?, protocolName: String, reason: String,
                             kind: BridgeDisconnectReason) {
         stats.bridgeDisconnects[kind.rawValue].addFromOwner()
+        tunnelLogger.debug("bridge disconnected", metadata: [
+            "session": "\(session.id)", "protocol": "\(protocolName)", "reason": "\(kind.label)", "detail": "\(reason)"])
         audit.record("bridge_disconnected", ["session": .string("\(session.id)"), "address": .string(peer?.description ?? ""),
                                              "protocol": .string(protocolName), "reason": .string(reason),
                                              "kind": .string(kind.label),
@@ -212,6 +233,8 @@ extension RelayContext {
     }
 
     func recordAuthFailure(_ failure: AuthFailure, peer: SocketAddress?, kind: String) {
+        authLogger.debug("authentication failed", metadata: [
+            "reason": "\(failure.metricLabel)", "kind": "\(kind)", "peer": "\(peer?.host ?? "?")"])
         guard let skipped = takeAuditSlot() else { return }
         audit.record("auth_failure", ["reason": .string(failure.metricLabel), "address": .string(peer?.host ?? ""),
                                       "kind": .string(kind), "skipped_since_last": .int(skipped)])

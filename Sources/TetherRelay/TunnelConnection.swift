@@ -158,7 +158,7 @@ final class TunnelConnection: ConnectionHandler, Bridge {
                     try mux.receive(message: message)
                 } catch {
                     context.stats.tunnelProtocolErrors.addFromOwner()
-                    context.logger.notice("tunnel protocol error", metadata: [
+                    context.tunnelLogger.notice("tunnel protocol error", metadata: [
                         "session": "\(session.id)", "code": "\(error.closeCode)", "reason": "\(error.reason)"])
                     fail(code: WebSocketCloseCode(rawValue: error.closeCode), reason: error.reason, kind: .protocolError)
                     return

@@ -1,7 +1,6 @@
 import CJemalloc
 import Glibc
 import Logging
-import Synchronization
 import TetherConfig
 import TetherRelay
 
@@ -37,23 +36,13 @@ enum RunCommand {
         for s in [SIGHUP, SIGTERM, SIGINT] { sigaddset(&signals, s) }
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        let current = Mutex(loaded)
-        // A reload reads the file and the environment again, with the flags given at start.
+        // A reload reads the file and the environment again, with the flags given at start. The
+        // relay decides what applies and names what needs a restart.
         let reload: @Sendable () throws -> RelayConfiguration = {
             var again = loader
             again.environment = ConfigurationLoader.processEnvironment
             let next = try again.load()
             for warning in next.warnings { configLogger.warning("\(warning)") }
-            let previous = current.withLock { old in
-                defer { old = next }
-                return old
-            }
-            let ignored = next.restartOnlyChanges(since: previous)
-            if !ignored.isEmpty {
-                configLogger.warning("changed settings take effect on restart only", metadata: [
-                    "keys": "\(ignored.joined(separator: ", "))",
-                ])
-            }
             return next.relay
         }
 
@@ -77,7 +66,7 @@ enum RunCommand {
             }
             logger.info("shutting down", metadata: ["signal": "\(received)"])
             if received == SIGTERM {
-                relay.drain(deadlineSeconds: current.withLock { $0.relay.drainTimeoutSeconds })
+                relay.drain(deadlineSeconds: relay.configuration.drainTimeoutSeconds)
             } else {
                 relay.shutdown()
             }

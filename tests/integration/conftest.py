@@ -227,14 +227,18 @@ class Relay:
         self.port = port or free_port()
         # Every relay has its own admin listener (metrics, readiness, admin API): the default
         # port 9464 is exclusive, so concurrent relays each get a free one.
-        self.admin_port = free_port()
+        self.admin_port: int | None = free_port()
+        if "--admin-port" in extra_args:  # a test that sets its own (or "off")
+            given = extra_args[extra_args.index("--admin-port") + 1]
+            self.admin_port = int(given) if given.isdigit() and int(given) > 0 else None
         self.tls_port: int | None = None
         self.cert_path = workdir / "tls" / "server.pem"
         self.key_path = workdir / "tls" / "server.key"
         self.stderr_path = workdir / "relay.stderr.log"
         self.stdout_path = workdir / "relay.stdout.log"
-        self.args = [str(RELAY_BIN), "--host", HOST, "--port", str(self.port), "--log-level", log_level,
-                     "--admin-port", str(self.admin_port)]
+        self.args = [str(RELAY_BIN), "--host", HOST, "--port", str(self.port), "--log-level", log_level]
+        if "--admin-port" not in extra_args:
+            self.args += ["--admin-port", str(self.admin_port)]
         if tls_cert is not None:
             self.tls_port = free_port()
             self.cert_path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +263,10 @@ class Relay:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RelayStartError(self)
+            # The admin port is this relay's own (the public one may be shared with another
+            # relay through SO_REUSEPORT, which could answer for us).
             if http_get_status(self.port, timeout=1.0) == 200 and (
+                    self.admin_port is None or http_get_status(self.admin_port, timeout=1.0) == 200) and (
                     self.tls_port is None or self._tcp_open(self.tls_port)):
                 return self
             time.sleep(0.05)

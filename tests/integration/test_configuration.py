@@ -30,6 +30,7 @@ class BareRelay(Relay):
     def __init__(self, workdir: Path, args: list[str], port: int, env: dict[str, str] | None):
         super().__init__(workdir, [], None)
         self.port = port
+        self.admin_port = None  # whatever the test's own settings say; readiness is probed on `port`
         self.args = [str(RELAY_BIN), *args]
         self.env = env
 
