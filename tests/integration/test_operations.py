@@ -188,31 +188,26 @@ def test_metrics_on_the_main_listener_when_enabled(ops_relay_factory):
 
 def test_not_ready_until_the_jwks_url_answers(relay_factory, tmp_path):
     """A JWKS URL that does not answer yet: alive but not ready (every token would be refused);
-    ready as soon as the keys arrive."""
+    ready as soon as the keys arrive, and its tokens are accepted."""
+    from test_jwks_rotation import SigningKey, jwks_bytes
     jwks_port = free_port()
     relay = relay_factory("--jwks-url", f"http://127.0.0.1:{jwks_port}/jwks.json",
                           "--jwks-refresh-interval", "1", "--jwks-min-refresh-interval", "1")
-    status, _, body = http(relay.admin_port, "GET", "/readyz")
-    assert status == 503 and json.loads(body)["status"] == "starting", body
-    assert http(relay.admin_port, "GET", "/healthz")[0] == 200
+    for port in (relay.admin_port, relay.port):
+        status, _, body = http(port, "GET", "/readyz")
+        assert status == 503 and json.loads(body)["status"] == "starting", body
+        assert http(port, "GET", "/healthz")[0] == 200
     assert scrape(relay).get("tether_ready") == 0
-    # Serve a JWKS (an Ed25519-free, RSA-free set is enough: one HS... no, JWKS holds public keys).
-    from cryptography.hazmat.primitives.asymmetric import ec
-    key = ec.generate_private_key(ec.SECP256R1())
-    numbers = key.public_key().public_numbers()
-    import base64
-
-    def b64(n: int) -> str:
-        return base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
-
+    key = SigningKey(tmp_path / "key.pem", "k1", "ES256")
     (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "jwks.json").write_text(json.dumps({"keys": [
-        {"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig", "x": b64(numbers.x), "y": b64(numbers.y)}]}))
+    (tmp_path / "www" / "jwks.json").write_bytes(jwks_bytes(key))
     server = subprocess.Popen(["python3", "-m", "http.server", str(jwks_port), "--bind", "127.0.0.1",
                                "--directory", str(tmp_path / "www")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: http(relay.admin_port, "GET", "/readyz")[0] == 200, timeout=20, what="readyz 200")
         assert scrape(relay).get("tether_ready") == 1
+        status, _, body = http(relay.port, "GET", "/api/proxy/status", key.token("alice"))
+        assert status == 200 and json.loads(body)["status"] == "not-found", body
     finally:
         server.terminate()
         server.wait(5)
