@@ -219,4 +219,10 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("Token extraction: Sec-WebSocket-Protocol token- entry") { benchmark in
         extract(benchmark, { $0.subprotocolHead }, expected: .subprotocol)
     }
+
+    // What the harness itself adds to each measured iteration (reading /proc/self/stat for
+    // cpuTotal allocates and costs CPU inside the window): subtracted in results/micro_table.py.
+    Benchmark("Harness: empty iteration", configuration: .init(scalingFactor: .one)) { benchmark in
+        blackHole(benchmark.scaledIterations.count)
+    }
 }

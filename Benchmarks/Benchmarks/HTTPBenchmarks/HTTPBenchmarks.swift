@@ -207,4 +207,10 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(head.encoded())
         }
     }
+
+    // What the harness itself adds to each measured iteration (reading /proc/self/stat for
+    // cpuTotal allocates and costs CPU inside the window): subtracted in results/micro_table.py.
+    Benchmark("Harness: empty iteration", configuration: .init(scalingFactor: .one)) { benchmark in
+        blackHole(benchmark.scaledIterations.count)
+    }
 }

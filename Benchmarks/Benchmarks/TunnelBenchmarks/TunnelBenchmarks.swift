@@ -327,4 +327,10 @@ let benchmarks: @Sendable () -> Void = {
             benchmark.error("credit was not returned: send window \(pair.bridge.sendWindow(for: id))")
         }
     }
+
+    // What the harness itself adds to each measured iteration (reading /proc/self/stat for
+    // cpuTotal allocates and costs CPU inside the window): subtracted in results/micro_table.py.
+    Benchmark("Harness: empty iteration", configuration: .init(scalingFactor: .one)) { benchmark in
+        blackHole(benchmark.scaledIterations.count)
+    }
 }

@@ -179,4 +179,10 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("UTF-8 validator 16 KiB multilingual") { benchmark in
         validate(benchmark, fixture.mixedText16K)
     }
+
+    // What the harness itself adds to each measured iteration (reading /proc/self/stat for
+    // cpuTotal allocates and costs CPU inside the window): subtracted in results/micro_table.py.
+    Benchmark("Harness: empty iteration", configuration: .init(scalingFactor: .one)) { benchmark in
+        blackHole(benchmark.scaledIterations.count)
+    }
 }
