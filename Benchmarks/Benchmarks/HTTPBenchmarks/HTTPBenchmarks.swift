@@ -11,7 +11,7 @@ import TetherHTTP
 final class Fixture: Sendable {
     /// A browser's keep-alive GET from the web app (Chrome 130 on Linux), no body.
     let browserGet: [UInt8]
-    /// An API client's proxied chat request: bearer token, JSON body of 158 bytes.
+    /// An API client's proxied chat request: bearer token, JSON body of 154 bytes.
     let proxiedPost: [UInt8]
     /// The same requests cut at three points: inside the request line, inside a field line and
     /// between the CR and LF that end the head (as a slow or segmenting peer delivers them).
@@ -80,7 +80,7 @@ final class Fixture: Sendable {
             "User-Agent": "curl/7.88.1",
             "Accept": "*/*",
             "Content-Type": "application/json",
-            "Content-Length": "158",
+            "Content-Length": "154",
             "X-Forwarded-For": "203.0.113.7",
             "X-Forwarded-Proto": "https",
         ])

@@ -17,7 +17,7 @@ final class Fixture: Sendable {
         "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0.0.0 Safari/537.36",
         "Accept": "application/json, text/plain, */*",
         "Content-Type": "application/json",
-        "Content-Length": "158",
+        "Content-Length": "154",
         "Origin": "https://app.cloudtolocalllm.online",
         "Accept-Language": "en-US,en;q=0.9",
         "X-Forwarded-For": "203.0.113.7",
