@@ -3,7 +3,8 @@
 /// Fed chunk by chunk as payload bytes arrive, so invalid text fails fast (RFC 6455 §8.1)
 /// while a code point split across chunks/fragments is fine until the message ends. Rejects
 /// overlong forms, surrogates (U+D800-DFFF) and anything above U+10FFFF. Three bytes of state.
-struct UTF8Validator: Sendable {
+/// Public only so that Benchmarks/ can measure it on its own.
+public struct UTF8Validator: Sendable {
     /// Continuation bytes still expected for the current code point.
     private var needed: UInt8 = 0
     /// Allowed range of the next continuation byte (narrowed right after some lead bytes).
@@ -55,7 +56,7 @@ struct UTF8Validator: Sendable {
     }
 
     /// Validates a complete byte sequence.
-    static func isValid(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    public static func isValid(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var v = UTF8Validator()
         return v.validate(bytes) && v.isComplete
     }
