@@ -14,6 +14,7 @@ public enum TokenExtractor {
 
     /// Authorization: Bearer, then ?token= (percent-decoded), then a Sec-WebSocket-Protocol entry
     /// "token-<jwt>" (only when allowSubprotocol). Empty values are skipped.
+    /// Scans bytes, never Characters: this runs on every request, over tokens of ~500 bytes.
     public static func token(in head: HTTPRequestHead, allowSubprotocol: Bool) -> (token: Substring, source: TokenSource)? {
         if let value = head.headers.first(name: "Authorization"), let token = bearerToken(value) {
             return (token, .header)
@@ -23,10 +24,10 @@ public enum TokenExtractor {
         }
         if allowSubprotocol {
             for value in head.headers["Sec-WebSocket-Protocol"] {
-                for entry in value.split(separator: ",") {
+                for entry in fields(Substring(value), separator: UInt8(ascii: ",")) {
                     let entry = trimmingOWS(entry)
-                    if entry.hasPrefix(subprotocolPrefix) {
-                        let token = entry.dropFirst(subprotocolPrefix.count)
+                    if entry.utf8.starts(with: subprotocolPrefix.utf8) {
+                        let token = entry[entry.utf8.index(entry.startIndex, offsetBy: subprotocolPrefix.utf8.count)...]
                         if !token.isEmpty { return (token, .subprotocol) }
                     }
                 }
@@ -38,9 +39,9 @@ public enum TokenExtractor {
     /// The target with any `token` query parameter removed (others kept in order; "?" dropped
     /// if nothing is left), so the token is not forwarded to the local service.
     public static func removingToken(fromTarget target: String) -> String {
-        guard let q = target.firstIndex(of: "?") else { return target }
-        let query = target[target.index(after: q)...]
-        let params = query.split(separator: "&", omittingEmptySubsequences: true)
+        guard let q = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target }
+        let query = target[target.utf8.index(after: q)...]
+        let params = fields(query, separator: UInt8(ascii: "&")).filter { !$0.isEmpty }
         guard params.contains(where: isTokenParameter) else { return target }
         let kept = params.filter { !isTokenParameter($0) }
         let path = target[..<q]
@@ -55,7 +56,7 @@ public enum TokenExtractor {
               value.utf8.prefix(scheme.utf8.count).elementsEqual(scheme.utf8, by: { asciiLower($0) == $1 })
         else { return nil }
         let rest = value[value.utf8.index(value.startIndex, offsetBy: scheme.utf8.count)...]
-        guard let first = rest.first, first == " " || first == "\t" else { return nil }
+        guard let first = rest.utf8.first, first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") else { return nil }
         let token = trimmingOWS(rest)
         return token.isEmpty ? nil : token
     }
@@ -63,21 +64,38 @@ public enum TokenExtractor {
     /// The first non-empty `token` parameter, percent-decoded. An invalid escape is kept raw so
     /// verification reports the token as malformed rather than missing.
     static func queryToken(_ query: String) -> Substring? {
-        for param in query.split(separator: "&") where isTokenParameter(param) {
-            guard let eq = param.firstIndex(of: "=") else { continue }
-            let raw = param[param.index(after: eq)...]
+        for param in fields(Substring(query), separator: UInt8(ascii: "&")) where isTokenParameter(param) {
+            guard let eq = param.utf8.firstIndex(of: UInt8(ascii: "=")) else { continue }
+            let raw = param[param.utf8.index(after: eq)...]
             guard !raw.isEmpty else { continue }
-            guard raw.contains("%") else { return raw }
+            guard raw.utf8.contains(UInt8(ascii: "%")) else { return raw }
             return percentDecoded(raw).map { Substring($0) } ?? raw
         }
         return nil
     }
 
+    /// The pieces between ASCII separators (empty ones included), sliced at byte positions,
+    /// which are always character boundaries for an ASCII separator.
+    static func fields(_ s: Substring, separator: UInt8) -> [Substring] {
+        var out: [Substring] = []
+        var start = s.startIndex
+        var i = s.utf8.startIndex
+        while i < s.utf8.endIndex {
+            if s.utf8[i] == separator {
+                out.append(s[start..<i])
+                start = s.utf8.index(after: i)
+            }
+            i = s.utf8.index(after: i)
+        }
+        out.append(s[start...])
+        return out
+    }
+
     /// Names compare after percent-decoding, so that extraction and removal always agree.
     private static func isTokenParameter(_ param: Substring) -> Bool {
-        let name = param.firstIndex(of: "=").map { param[..<$0] } ?? param
-        if name == "token" { return true }
-        return name.contains("%") && percentDecoded(name) == "token"
+        let name = param.utf8.firstIndex(of: UInt8(ascii: "=")).map { param[..<$0] } ?? param
+        if name.utf8.elementsEqual("token".utf8) { return true }
+        return name.utf8.contains(UInt8(ascii: "%")) && percentDecoded(name) == "token"
     }
 
     /// RFC 3986 percent-decoding; nil on a bad escape. "+" stays "+" (JWTs never contain
@@ -107,11 +125,14 @@ public enum TokenExtractor {
     }
 
     private static func trimmingOWS(_ s: Substring) -> Substring {
-        var s = s
-        while let f = s.first, f == " " || f == "\t" { s.removeFirst() }
-        while let l = s.last, l == " " || l == "\t" { s.removeLast() }
-        return s
+        var lower = s.utf8.startIndex
+        var upper = s.utf8.endIndex
+        while lower < upper, isOWS(s.utf8[lower]) { lower = s.utf8.index(after: lower) }
+        while lower < upper, isOWS(s.utf8[s.utf8.index(before: upper)]) { upper = s.utf8.index(before: upper) }
+        return s[lower..<upper]
     }
+
+    private static func isOWS(_ c: UInt8) -> Bool { c == UInt8(ascii: " ") || c == UInt8(ascii: "\t") }
 
     private static func asciiLower(_ c: UInt8) -> UInt8 {
         (c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z")) ? c | 0x20 : c

@@ -1,5 +1,5 @@
 import Testing
-import TetherAuth
+@testable import TetherAuth
 import TetherHTTP
 
 @Suite struct TokenExtractorTests {
@@ -74,5 +74,21 @@ import TetherHTTP
         for (target, expected) in cases {
             #expect(TokenExtractor.removingToken(fromTarget: target) == expected, "\(target)")
         }
+    }
+
+    /// The scan works on bytes: multi-byte characters (and combining marks, which make Characters
+    /// span several scalars) next to the separators must not shift or merge fields.
+    @Test func nonASCIINeighboursOfSeparators() {
+        #expect(extract(head("/x?é=1&token=abc&ü\u{301}=2"))! == ("abc", .query))
+        #expect(extract(head("/x?a=\u{301}&token=t\u{301}k"))! == ("t\u{301}k", .query))
+        #expect(TokenExtractor.removingToken(fromTarget: "/é?x=ü&token=abc&y=\u{301}") == "/é?x=ü&y=\u{301}")
+        let offered = head("/ws/tunnel", [("Sec-WebSocket-Protocol", "ë\u{301},\ttoken-abc ")])
+        #expect(extract(offered)! == ("abc", .subprotocol))
+        #expect(extract(head("/", [("Authorization", " Bearer \u{301}abc ")]))! == ("\u{301}abc", .header))
+    }
+
+    @Test func fieldsKeepEmptyPieces() {
+        #expect(TokenExtractor.fields("a,,b,", separator: UInt8(ascii: ",")) == ["a", "", "b", ""])
+        #expect(TokenExtractor.fields("", separator: UInt8(ascii: ",")) == [""])
     }
 }

@@ -706,3 +706,36 @@ def test_drain_deadline_cuts_what_is_left_and_exits_zero(ops_relay_factory, jwt_
     rc, elapsed, _ = run(main())
     relay.expected_exit = True
     assert rc == 0 and 1.5 < elapsed < 8, (rc, elapsed)
+
+
+def test_reload_of_the_configuration_file_changes_log_levels_and_limits_and_refuses_a_broken_file(
+        relay_factory, tmp_path, jwt_secret):
+    """The YAML file is read again on SIGHUP / POST /admin/reload: a per-module log level and a
+    limit change live; a file with an unknown key is refused with the key named."""
+    cfg = tmp_path / "relay.yaml"
+    base = f"auth: {{jwt_secret: {jwt_secret}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n"
+    cfg.write_text(base + "limits: {max_body_size: 1KiB}\nlog: {level: info}\n")
+    relay = relay_factory("--config", str(cfg))
+    assert http(relay.port, "POST", "/echo", body=b"x" * 2000)[0] == 413
+    assert "authentication failed" not in relay.stderr_text()
+    cfg.write_text(base + "limits: {max_body_size: 4KiB}\nlog: {level: info, levels: {tether.auth: debug}}\n")
+    status, _, body = admin(relay, "POST", "/admin/reload")
+    assert status == 200, body
+    changes = json.loads(body)["changes"]
+    assert "log" in changes and "limits.max_body_size" in changes, changes
+    assert http(relay.port, "POST", "/echo", body=b"x" * 2000)[0] == 200
+    assert http(relay.port, "GET", "/api/proxy/status", token="not-a-token")[0] == 401
+    wait_for(lambda: "authentication failed" in relay.stderr_text(), what="tether.auth debug line after the reload")
+    assert "tether.http" not in relay.stderr_text(), "other modules stay at info"
+    # A typo in the file: refused, named, and the running configuration (4 KiB) stays.
+    cfg.write_text(base + "limits: {max_body_sise: 1KiB}\n")
+    status, _, body = admin(relay, "POST", "/admin/reload")
+    assert status == 422, body
+    message = json.loads(body)["error"]["message"]
+    assert "limits.max_body_sise" in message, message
+    assert http(relay.port, "POST", "/echo", body=b"x" * 2000)[0] == 200
+    relay.send_signal(signal.SIGHUP)
+    wait_for(lambda: scrape(relay).get("tether_config_reloads_total", result="failure") == 2, what="SIGHUP refusal counted")
+    m = scrape(relay)
+    assert m.get("tether_config_reloads_total", result="success") == 1
+    assert m.get("tether_config_last_reload_successful") == 0
