@@ -96,8 +96,17 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
-        // TODO(metrics): MetricsBenchmarks, Prometheus text rendering of the relay's metrics.
-        // Left out on purpose until the lead's renderer (another branch) is merged; add it then
-        // as Benchmarks/MetricsBenchmarks, in the style of the targets above.
+        // Metrics: a histogram observation on the data path, merging the workers' histograms,
+        // and rendering a scrape of the relay's size (TetherMetrics).
+        .executableTarget(
+            name: "MetricsBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "TetherMetrics", package: "tether"),
+            ],
+            path: "Benchmarks/MetricsBenchmarks",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )
