@@ -438,6 +438,14 @@ public final class EventLoop {
 
     public func stop() { stopping = true }
 
+    /// Closes every connection of this loop gracefully: queued output is flushed before the FIN,
+    /// so a response that is complete but not yet sent still reaches its client (end of a drain).
+    public func closeAllConnections() {
+        for case let c? in Array(connections) where c.isOpen {
+            c.close(.graceful)
+        }
+    }
+
     private func waitAndProcess() {
         var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
         let ready = io_uring_cq_ready(uring)

@@ -254,7 +254,8 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private func flush() {
         guard let connection, connection.isOpen else { return }
         if socket.hasOutbound { connection.write(socket.takeOutbound()) }
-        if socket.shouldCloseTransport { connection.close(.graceful) }
+        // A close frame is parsed ahead of the messages before it: close only once they are handled.
+        if socket.shouldCloseTransport && socket.pendingEventCount == 0 { connection.close(.graceful) }
     }
 
     private func fail(code: WebSocketCloseCode, reason: String, kind: BridgeDisconnectReason) {

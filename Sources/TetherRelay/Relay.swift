@@ -422,8 +422,8 @@ public final class Relay: Sendable {
             if activeStreams() == 0 { break }
             usleep(50_000)
         }
-        let remaining = activeStreams()
-        if remaining > 0 {
+        let remaining = activeStreams() ?? -1
+        if remaining != 0 {
             logger.warning("drain deadline reached", metadata: ["streams": "\(remaining)"])
         }
         for handle in group.handles {
@@ -434,14 +434,23 @@ public final class Relay: Sendable {
                         bridge.close(code: 1001, reason: "relay shutting down", kind: .shutdown)
                     }
                 }
+                // A finished stream's last bytes may still be queued for its client: flush them.
+                loop.closeAllConnections()
             }
         }
-        usleep(100_000)  // lets the close frames go out
+        // Close frames and the last response bytes go out; clients and bridges close their ends
+        // (bounded: a peer that never reads is cut when the loops stop).
+        let flushDeadline = EventLoop.monotonicMilliseconds() + 2_000
+        while EventLoop.monotonicMilliseconds() < flushDeadline,
+              group.handles.contains(where: { $0.stats.openConnections.load(ordering: .relaxed) > 0 }) {
+            usleep(20_000)
+        }
         shutdown()
     }
 
-    /// Streams in flight on all workers (asks each loop; for drain, not the data path).
-    func activeStreams() -> Int {
+    /// Streams in flight on all workers (asks each loop; for drain, not the data path). nil
+    /// when a loop did not answer in time: unknown is not zero.
+    func activeStreams() -> Int? {
         let total = Atomic<Int>(0)
         let done = Atomic<Int>(0)
         let directory = workers
@@ -454,7 +463,8 @@ public final class Relay: Sendable {
             }
             if accepted { posted += 1 }
         }
-        for _ in 0..<200 where done.load(ordering: .acquiring) < posted { usleep(1_000) }
+        for _ in 0..<1000 where done.load(ordering: .acquiring) < posted { usleep(1_000) }
+        guard done.load(ordering: .acquiring) == posted else { return nil }
         return total.load(ordering: .relaxed)
     }
 

@@ -119,6 +119,8 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     }
 
     func connectionDidReadEOF(_ connection: Connection) {
+        context.tunnelLogger.debug("bridge sent EOF", metadata: [
+            "session": "\(session.id)", "streams": "\(streams.count)", "close": "\(closeReason)"])
         connection.close(.graceful)
     }
 
@@ -132,6 +134,9 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     }
 
     func connectionDidClose(_ connection: Connection, error: IOError?) {
+        context.tunnelLogger.debug("tunnel closed", metadata: [
+            "session": "\(session.id)", "streams": "\(streams.count)", "close": "\(closeReason)",
+            "error": "\(error.map { "\($0)" } ?? "none")"])
         if let pingTimer { context.loop.cancel(pingTimer) }
         pingTimer = nil
         if closeKind == nil { closeKind = error == nil ? .closedByBridge : .connectionError }
@@ -254,7 +259,9 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         if socket.hasOutbound {
             connection.write(socket.takeOutbound())
         }
-        if socket.shouldCloseTransport {
+        // The codec parses a close frame ahead of the messages before it (the last DATA with
+        // END_STREAM, typically): close only once every one of them has been dispatched.
+        if socket.shouldCloseTransport && socket.pendingEventCount == 0 {
             connection.close(.graceful)
         }
     }

@@ -66,7 +66,7 @@ final class WebSocketEchoConnection: ConnectionHandler {
         if socket.hasOutbound {
             connection.write(socket.takeOutbound())
         }
-        if socket.shouldCloseTransport {
+        if socket.shouldCloseTransport && socket.pendingEventCount == 0 {
             connection.close(.graceful)
         }
     }

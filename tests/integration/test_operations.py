@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from async_http import bearer, open_request, request
-from tether_testlib import HOST, free_port
+from tether_testlib import HOST, Reader, assert_json_error, free_port
 from tunnel_client import TunnelBridge, TunnelStream
 from tunnel_fixtures import make_jwt, session_id
 
@@ -635,16 +635,17 @@ def test_sigterm_drains_streams_refuses_new_work_and_bridge_moves_to_a_second_re
     reconnects, landing on B (A no longer accepts), and A exits 0 within the deadline."""
     ollama = standin_factory(token_rate=10, tokens=30)
     alice = mint_token("alice")
-    a = ops_relay_factory("--drain-timeout", "20")
+    a = ops_relay_factory("--drain-timeout", "20", "--log-module-level", "tether.tunnel=debug")
     bridge = bridge_factory(a, alice, str(ollama))
     tags = f"GET /api/ollama/api/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\r\n".encode()
 
     async def main():
         # Everything that must be on A is opened before B shares the port.
         keep = socket.create_connection((HOST, a.port), timeout=10)
+        reader = Reader(keep, 10)
         keep.sendall(tags)
-        first = keep.recv(65536)
-        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        first = reader.read_response()
+        assert first.status == 200, first.describe()
         stream = await open_request(a.port, "POST", "/api/ollama/api/chat",
                                     {**bearer(alice), "Content-Type": "application/json"}, chat_body(30, 10))
         assert stream.status == 200
@@ -656,9 +657,10 @@ def test_sigterm_drains_streams_refuses_new_work_and_bridge_moves_to_a_second_re
         status, _, body = await asyncio.to_thread(http, a.admin_port, "GET", "/readyz")
         assert status == 503 and json.loads(body)["status"] == "draining"
         keep.sendall(tags)
-        refused = keep.recv(65536)
-        assert refused.startswith(b"HTTP/1.1 503") and b"RELAY_DRAINING" in refused, refused[:300]
-        assert b"Connection: close" in refused
+        refused = reader.read_response()
+        assert_json_error(refused, 503, "RELAY_DRAINING")
+        assert (refused.header("connection") or "").lower() == "close" and refused.header("retry-after") == "1"
+        reader.wait_closed()
         keep.close()
         lines = []
         async for line, _t in stream.iter_lines():

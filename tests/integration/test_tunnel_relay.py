@@ -1418,3 +1418,47 @@ def test_many_bridges_many_users(tunnel_relay, mint_token):
                 await b.close()
 
     run(main(), timeout=80)
+
+
+def _masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One client-to-server WebSocket frame (RFC 6455 5.2), masked, FIN set."""
+    key = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def test_last_data_and_close_in_one_read_reach_the_client(tunnel_relay, mint_token):
+    """A bridge that ends its last stream and closes the tunnel at once: the final DATA (with
+    END_STREAM) and the close frame arrive in one read. The relay must deliver the data before it
+    acts on the close (the codec parses the close frame ahead of the messages before it)."""
+    token = mint_token("alice")
+
+    async def main():
+        done = asyncio.Event()
+
+        async def handler(stream):
+            await stream.read_all()
+            await stream.send_response(200, [("content-type", "text/plain")])
+            await stream.send_data(b"first,")
+            await asyncio.sleep(0.05)
+            # Two DATA messages, the second with END_STREAM, and the close frame leave in one
+            # TCP write (the relay hands credit back for the first: that write must not close).
+            middle = _masked_frame(0x2, data_frame(stream.id, b"middle,"))
+            last = _masked_frame(0x2, data_frame(stream.id, b"last", end_stream=True))
+            close = _masked_frame(0x8, (1000).to_bytes(2, "big") + b"drained")
+            stream.bridge.ws.transport.write(middle + last + close)
+            done.set()
+
+        async with TunnelBridge(tunnel_url(tunnel_relay), token=token, handler=handler):
+            r = await request(tunnel_relay.port, "GET", "/api/ollama/x", bearer(token))
+            assert r.status == 200 and r.body == b"first,middle,last", r.describe()
+            await done.wait()
+
+    for _ in range(5):
+        run(main())
