@@ -7,20 +7,20 @@ struct Router: Sendable {
     /// Configured targets; the first one is the default (and, in `tether.v1`, the only one an
     /// origin-form OPEN can reach).
     let targets: [LocalTarget]
-    /// The default target's origin + base path, and its `Host` value (computed once, not per stream).
-    private let prefix: String
+    /// The default target's base path and `Host` value (computed once, not per stream).
+    private let basePath: String
     private let hostHeader: String
 
     init(targets: [LocalTarget]) {
         self.targets = targets
-        prefix = targets.first.map { $0.origin + $0.basePath } ?? ""
+        basePath = targets.first?.basePath ?? ""
         hostHeader = targets.first?.hostHeader ?? ""
     }
 
     struct Route: Sendable {
         var target: LocalTarget
-        /// Absolute URL handed to the HTTP client: the target's origin + base path + stream target.
-        var url: String
+        /// Request target sent to the local service: the target's base path + the stream's target.
+        var path: String
         /// The target's `Host` value.
         var hostHeader: String
     }
@@ -47,7 +47,7 @@ struct Router: Sendable {
         for b in target.utf8 where b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "#") || b == UInt8(ascii: "\\") {
             return .refuse("request target contains a forbidden character")
         }
-        return .forward(Route(target: target0, url: prefix + target, hostHeader: hostHeader))
+        return .forward(Route(target: target0, path: basePath.isEmpty ? target : basePath + target, hostHeader: hostHeader))
     }
 
     private static func isTokenByte(_ b: UInt8) -> Bool {
@@ -99,12 +99,16 @@ enum HopByHop {
     }
 
     /// Response headers for the relay: hop-by-hop removed; `Content-Length` kept when present.
-    static func forEachResponseHeader<S: Sequence>(_ headers: S, _ body: (String, String) -> Void)
-    where S.Element == (name: String, value: String) {
+    /// The headers themselves when nothing is hop-by-hop (no copy).
+    static func responseHeaders(_ headers: HTTPHeaders) -> HTTPHeaders {
         let listed = connectionListed(headers)
+        guard headers.contains(where: { isListed($0.name, names) || isListed($0.name, listed) }) else { return headers }
+        var out = HTTPHeaders()
+        out.reserveCapacity(headers.count)
         for field in headers where !isListed(field.name, names) && !isListed(field.name, listed) {
-            body(field.name, field.value)
+            out.add(name: field.name, value: field.value)
         }
+        return out
     }
 
     private static func isListed(_ name: String, _ lowercaseNames: [String]) -> Bool {
