@@ -29,8 +29,20 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     private(set) var state = State.connecting
     private var context: ChannelHandlerContext?
     private var decoder = HTTPResponseDecoder(limits: LocalConnection.limits)
-    private var exchange: Exchange?
-    /// A read the channel asked for while the exchange was paused; issued on resume.
+    /// The stream whose exchange runs here, and how far it got (plain fields, not a struct:
+    /// these are read and written on every event).
+    private var stream: StreamContext?
+    /// Not the connection's first exchange: if it dies before any response byte, the service
+    /// most likely closed the idle connection just as we sent the request.
+    private var reused = false
+    private var requestEnded = false
+    private var bytesReceived = false
+    private var keepAlive = true
+    /// The response waits for tunnel window: no more decoding or reading.
+    private var paused = false
+    /// Decoded but not handed on yet: whether `.end` follows at once decides whether it carries
+    /// END_STREAM (one frame fewer; an empty response is a single RESPONSE frame).
+    private var held: Held?
     private var readWithheld = false
     /// EOF or a failed channel: what the decoder holds now is all there will be.
     private var inputClosed = false
@@ -41,22 +53,6 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     private var timer: Scheduled<Void>?
     /// Exchanges completed here (the next one runs on a reused connection).
     private var served = 0
-
-    /// The stream being served, and how far its exchange got.
-    private struct Exchange {
-        let stream: StreamContext
-        /// Not the connection's first exchange: if it dies before any response byte, the service
-        /// most likely closed the idle connection just as we sent the request.
-        let reused: Bool
-        var requestEnded = false
-        var bytesReceived = false
-        var keepAlive = true
-        /// The response waits for tunnel window: no more decoding or reading.
-        var paused = false
-        /// Decoded but not handed on yet: whether `.end` follows at once decides whether it
-        /// carries END_STREAM (one frame fewer; an empty response is a single RESPONSE frame).
-        var held: Held?
-    }
 
     private enum Held {
         case head(HTTPResponseHead)
@@ -91,7 +87,13 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
             return
         }
         state = .busy
-        exchange = Exchange(stream: stream, reused: served > 0)
+        self.stream = stream
+        reused = served > 0
+        requestEnded = false
+        bytesReceived = false
+        keepAlive = true
+        paused = false
+        held = nil
         stream.attach(self)
         decoder.expectResponse(toMethod: stream.method)
         lastProgress = .now()
@@ -114,7 +116,7 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     /// More request body (or its end) arrived from the tunnel.
     func requestBodyAvailable() {
-        guard let context, exchange != nil else { return }
+        guard let context, stream != nil else { return }
         writeRequestBody(context)
         context.flush()
         armTimer()
@@ -122,12 +124,12 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     /// The tunnel's windows took everything handed over: continue the response.
     func resume() {
-        guard exchange?.paused == true else { return }
-        exchange?.paused = false
+        guard stream != nil, paused else { return }
+        paused = false
         lastProgress = .now()
         processResponse()
         armTimer()
-        if readWithheld, exchange?.paused != true {
+        if readWithheld, !paused {
             readWithheld = false
             context?.read()
         }
@@ -136,8 +138,8 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// The stream is gone (reset by the relay, tunnel closed): abandon the exchange. The
     /// connection is closed, never pooled: the service may still be sending.
     func abort() {
-        guard exchange != nil else { return }
-        exchange = nil
+        guard stream != nil else { return }
+        stream = nil
         close()
     }
 
@@ -147,8 +149,7 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// the stream's request ended. A chunk's credit goes back to the relay as it is written:
     /// what we hold beyond that is bounded by the channel's write-buffer watermark.
     private func writeRequestBody(_ context: ChannelHandlerContext) {
-        guard let current = exchange, !current.requestEnded else { return }
-        let stream = current.stream
+        guard let stream, !requestEnded else { return }
         let chunked = stream.chunkedBody
         while context.channel.isWritable, let chunk = stream.nextBodyChunk() {
             var buffer = context.channel.allocator.buffer(capacity: chunk.count + 16)
@@ -166,14 +167,14 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
         }
         if stream.bodyComplete {
             if chunked { context.write(wrapOutboundOut(context.channel.allocator.buffer(staticString: "0\r\n\r\n")), promise: nil) }
-            exchange?.requestEnded = true
+            requestEnded = true
         }
     }
 
     // MARK: - Response
 
     private func processResponse() {
-        while let current = exchange, !current.paused {
+        while stream != nil, !paused {
             let event: HTTPResponseEvent?
             do {
                 event = try decoder.next()
@@ -208,12 +209,12 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
                 fail(.localServiceError, "local service answered \(head.status)")
                 return
             }
-            exchange?.keepAlive = head.isKeepAlive
-            exchange?.held = .head(head)
+            keepAlive = head.isKeepAlive
+            held = .head(head)
         case .body(let bytes):
             releaseHeld(endStream: false)
             // Kept even when that paused the exchange: it goes out on resume.
-            exchange?.held = .body(bytes)
+            if stream != nil { held = .body(bytes) }
         case .end:
             releaseHeld(endStream: true)
             finishExchange()
@@ -222,15 +223,14 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
 
     /// Hands the held head or body part to the tunnel, with END_STREAM when it is the last.
     private func releaseHeld(endStream: Bool) {
-        guard let current = exchange else { return }
-        let held = current.held
-        exchange?.held = nil
-        let stream = current.stream
+        guard let stream else { return }
+        let held = self.held
+        self.held = nil
         switch held {
         case .head(let head):
             stream.tunnel.localHead(stream, head, endStream: endStream)
         case .body(let bytes):
-            if !stream.tunnel.localBody(stream, bytes, endStream: endStream) { exchange?.paused = true }
+            if !stream.tunnel.localBody(stream, bytes, endStream: endStream), self.stream != nil { paused = true }
         case nil:
             if endStream { stream.tunnel.localEnd(stream) }
         }
@@ -240,11 +240,11 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// they no longer need this connection). Back to the pool if the connection can carry
     /// another exchange.
     private func finishExchange() {
-        guard let current = exchange else { return }
-        exchange = nil
+        guard let stream else { return }
+        self.stream = nil
         served += 1
-        current.stream.detach()
-        if current.keepAlive, current.requestEnded, !inputClosed, decoder.bufferedByteCount == 0 {
+        stream.detach()
+        if keepAlive, requestEnded, !inputClosed, decoder.bufferedByteCount == 0 {
             pool.release(self)
         } else {
             close()
@@ -260,23 +260,23 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// A safe-to-repeat request on a reused connection that died before any response byte goes
     /// out once more, on a new connection; anything else fails the stream.
     private func retryOrFail(_ reason: String) {
-        guard let current = exchange else { return }
-        guard current.reused, !current.bytesReceived, current.stream.retryable() else {
+        guard let stream else { return }
+        guard reused, !bytesReceived, stream.retryable() else {
             fail(.localServiceError, reason)
             return
         }
-        exchange = nil
-        current.stream.detach()
+        self.stream = nil
+        stream.detach()
         close()
-        pool.acquire(current.stream, fresh: true)
+        pool.acquire(stream, fresh: true)
     }
 
     private func fail(_ code: TunnelErrorCode, _ reason: String) {
-        guard let current = exchange else { return }
-        exchange = nil
-        current.stream.detach()
+        guard let stream else { return }
+        self.stream = nil
+        stream.detach()
         close()
-        current.stream.tunnel.localFailed(current.stream, code, reason)
+        stream.tunnel.localFailed(stream, code, reason)
     }
 
     // MARK: - Idle timeout
@@ -284,8 +284,8 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     /// The local service owes us something: the response (request sent, not paused by the
     /// tunnel), or room for request bytes we hold.
     private var waitingOnService: Bool {
-        guard let exchange, !exchange.paused else { return false }
-        return exchange.requestEnded || (context?.channel.isWritable == false && exchange.stream.hasBufferedBody)
+        guard let stream, !paused else { return false }
+        return requestEnded || (context?.channel.isWritable == false && stream.hasBufferedBody)
     }
 
     /// One timer per connection, re-armed only when it fires: progress just moves
@@ -316,7 +316,7 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
         switch state {
         case .busy:
             decoder.feed(buffer.readableBytesView)
-            exchange?.bytesReceived = true
+            bytesReceived = true
             processResponse()
         case .idle, .connecting:
             // Bytes nobody asked for: this connection's framing can't be trusted any more.
@@ -327,7 +327,7 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, exchange != nil {
+        if context.channel.isWritable, stream != nil {
             lastProgress = .now()
             writeRequestBody(context)
             context.flush()
@@ -337,7 +337,7 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     }
 
     func read(context: ChannelHandlerContext) {
-        if exchange?.paused == true {
+        if stream != nil, paused {
             readWithheld = true
         } else {
             context.read()
@@ -352,7 +352,7 @@ final class LocalConnection: ChannelDuplexHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         inputClosed = true
         // A paused exchange finishes (or fails) from the decoder's buffer on resume.
-        if let current = exchange, !current.paused { processResponse() }
+        if stream != nil, !paused { processResponse() }
         closed()
         context.fireChannelInactive()
     }
