@@ -40,6 +40,10 @@ struct BridgeCommand: AsyncParsableCommand {
     var localIdleTimeout = 300.0
     @Option(help: "Seconds to connect to the local service.")
     var localConnectTimeout = 10.0
+    @Option(help: "Seconds an unused keep-alive connection to the local service stays open.")
+    var localPoolIdleTimeout = 60.0
+    @Option(help: "PEM file of CA certificates to trust for an https:// target instead of the system store.")
+    var targetCaFile: String?
     @Option(help: "Seconds to connect to the relay (TCP, TLS, upgrade and its HELLO).")
     var connectTimeout = 10.0
     @Option(help: "Seconds between our pings to the relay.")
@@ -63,7 +67,7 @@ struct BridgeCommand: AsyncParsableCommand {
             }
         }
         for (name, value) in [("--local-idle-timeout", localIdleTimeout), ("--local-connect-timeout", localConnectTimeout),
-                              ("--connect-timeout", connectTimeout), ("--ping-interval", pingInterval),
+                              ("--local-pool-idle-timeout", localPoolIdleTimeout), ("--connect-timeout", connectTimeout), ("--ping-interval", pingInterval),
                               ("--ping-timeout", pingTimeout)] {
             guard value > 0, value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
         }
@@ -85,13 +89,15 @@ struct BridgeCommand: AsyncParsableCommand {
         let logger = Logger(label: "tether.bridge")
         let configuration = try makeConfiguration(logger: logger)
         let targets = configuration.targets
+        let local = LocalForwarder.Configuration(
+            target: targets[0], tls: try makeTargetTLS(targets[0], logger: logger),
+            connectTimeout: .fractionalSeconds(localConnectTimeout), idleTimeout: .fractionalSeconds(localIdleTimeout),
+            poolIdleTimeout: .fractionalSeconds(localPoolIdleTimeout), maxConnections: maxStreams)
 
         let status = BridgeStatus(relay: configuration.bridge.tunnel.relay.description)
         let reporter = StatusReporter(status: status, path: statusFile, lineInterval: statusInterval, logger: logger)
         status.setStateChangeHandler { reporter.writeFile() }
-        let forwarder = LocalForwarder(
-            targets: targets, idleTimeout: .fractionalSeconds(localIdleTimeout), connectTimeout: .fractionalSeconds(localConnectTimeout),
-            maxConnections: maxStreams, logger: logger)
+        let forwarder = LocalForwarder(targets: targets, configuration: local)
         let bridge = Bridge(configuration: configuration.bridge, forwarder: forwarder, status: status, logger: logger)
         let signals = SignalHandlers(input: bridge.input)
 
@@ -105,6 +111,25 @@ struct BridgeCommand: AsyncParsableCommand {
         reporter.writeFile()
         logger.info("exiting (status \(code))")
         if code != 0 { throw ExitCode(code) }
+    }
+
+    /// TLS for an https:// target: verified against the system store or `--target-ca-file`,
+    /// like a browser would (a local service with a self-signed certificate needs that file).
+    private func makeTargetTLS(_ target: LocalTarget, logger: Logger) throws -> NIOSSLContext? {
+        guard target.useTLS else {
+            if targetCaFile != nil { logger.warning("--target-ca-file is ignored for an http:// target") }
+            return nil
+        }
+        var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
+        tlsConfiguration.applicationProtocols = ["http/1.1"]
+        if let targetCaFile {
+            do {
+                tlsConfiguration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(targetCaFile))
+            } catch {
+                throw ValidationError("--target-ca-file \(targetCaFile): \(error)")
+            }
+        }
+        return try NIOSSLContext(configuration: tlsConfiguration)
     }
 
     private func makeConfiguration(logger: Logger) throws -> (bridge: BridgeConfiguration, targets: [LocalTarget]) {

@@ -7,20 +7,20 @@ struct Router: Sendable {
     /// Configured targets; the first one is the default (and, in `tether.v1`, the only one an
     /// origin-form OPEN can reach).
     let targets: [LocalTarget]
-    /// The default target's origin + base path, and its `Host` value (computed once, not per stream).
-    private let prefix: String
+    /// The default target's base path and `Host` value (computed once, not per stream).
+    private let basePath: String
     private let hostHeader: String
 
     init(targets: [LocalTarget]) {
         self.targets = targets
-        prefix = targets.first.map { $0.origin + $0.basePath } ?? ""
+        basePath = targets.first?.basePath ?? ""
         hostHeader = targets.first?.hostHeader ?? ""
     }
 
     struct Route: Sendable {
         var target: LocalTarget
-        /// Absolute URL handed to the HTTP client: the target's origin + base path + stream target.
-        var url: String
+        /// Request target sent to the local service: the target's base path + the stream's target.
+        var path: String
         /// The target's `Host` value.
         var hostHeader: String
     }
@@ -47,7 +47,7 @@ struct Router: Sendable {
         for b in target.utf8 where b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "#") || b == UInt8(ascii: "\\") {
             return .refuse("request target contains a forbidden character")
         }
-        return .forward(Route(target: target0, url: prefix + target, hostHeader: hostHeader))
+        return .forward(Route(target: target0, path: basePath.isEmpty ? target : basePath + target, hostHeader: hostHeader))
     }
 
     private static func isTokenByte(_ b: UInt8) -> Bool {
@@ -61,22 +61,41 @@ struct Router: Sendable {
 }
 
 /// Header filtering for both directions (RFC 9110 §7.6.1). Names compare ASCII
-/// case-insensitively in place (no lowercased copies: this runs for every header of every stream).
+/// case-insensitively in place (no lowercased copies: this runs for every header of every
+/// stream), and by length first, so most names are dismissed without looking at a byte.
 enum HopByHop {
-    /// Never forwarded, whichever direction (lowercase).
-    static let names: [String] = [
-        "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-    ]
+    /// Never forwarded, whichever direction: connection, keep-alive, proxy-connection,
+    /// proxy-authenticate, proxy-authorization, te, trailer, trailers, transfer-encoding, upgrade.
+    static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return equalsIgnoringCase(name, "te")
+        case 7: return equalsIgnoringCase(name, "trailer") || equalsIgnoringCase(name, "upgrade")
+        case 8: return equalsIgnoringCase(name, "trailers")
+        case 10: return equalsIgnoringCase(name, "connection") || equalsIgnoringCase(name, "keep-alive")
+        case 16: return equalsIgnoringCase(name, "proxy-connection")
+        case 17: return equalsIgnoringCase(name, "transfer-encoding")
+        case 18: return equalsIgnoringCase(name, "proxy-authenticate")
+        case 19: return equalsIgnoringCase(name, "proxy-authorization")
+        default: return false
+        }
+    }
+
     /// Request headers we set ourselves (`Host`, body framing) or can't honour (`Expect:
     /// 100-continue`: the body is already on its way through the tunnel).
-    static let requestOnly: [String] = ["host", "content-length", "expect"]
+    static func isRequestOnly(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 4: return equalsIgnoringCase(name, "host")
+        case 6: return equalsIgnoringCase(name, "expect")
+        case 14: return equalsIgnoringCase(name, "content-length")
+        default: return false
+        }
+    }
 
     /// Fields listed in `Connection` are hop-by-hop as well (lowercased tokens; ASCII
     /// whitespace trimmed; no Unicode-aware string work, this runs for nearly every response).
     static func connectionListed<S: Sequence>(_ headers: S) -> [String] where S.Element == (name: String, value: String) {
         var out: [String] = []
-        for field in headers where equalsIgnoringCase(field.name, "connection") {
+        for field in headers where field.name.utf8.count == 10 && equalsIgnoringCase(field.name, "connection") {
             for token in field.value.utf8.split(separator: UInt8(ascii: ",")) {
                 var bytes = token[...]
                 while let b = bytes.first, b == 0x20 || b == 0x09 { bytes = bytes.dropFirst() }
@@ -88,44 +107,49 @@ enum HopByHop {
         return out
     }
 
-    /// Request headers for the local service: hop-by-hop removed, and `requestOnly` too.
+    /// Request headers for the local service: hop-by-hop removed, and the request-only ones too.
     static func forEachRequestHeader<S: Sequence>(_ headers: S, _ body: (String, String) -> Void)
     where S.Element == (name: String, value: String) {
         let listed = connectionListed(headers)
-        for field in headers
-        where !isListed(field.name, names) && !isListed(field.name, listed) && !isListed(field.name, requestOnly) {
+        for field in headers where !isHopByHop(field.name) && !isRequestOnly(field.name) && !isListed(field.name, listed) {
             body(field.name, field.value)
         }
     }
 
     /// Response headers for the relay: hop-by-hop removed; `Content-Length` kept when present.
-    static func forEachResponseHeader<S: Sequence>(_ headers: S, _ body: (String, String) -> Void)
-    where S.Element == (name: String, value: String) {
+    /// The headers themselves when nothing is hop-by-hop (no copy).
+    static func responseHeaders(_ headers: HTTPHeaders) -> HTTPHeaders {
         let listed = connectionListed(headers)
-        for field in headers where !isListed(field.name, names) && !isListed(field.name, listed) {
-            body(field.name, field.value)
+        guard headers.contains(where: { isHopByHop($0.name) || isListed($0.name, listed) }) else { return headers }
+        var out = HTTPHeaders()
+        out.reserveCapacity(headers.count)
+        for field in headers where !isHopByHop(field.name) && !isListed(field.name, listed) {
+            out.add(name: field.name, value: field.value)
         }
+        return out
     }
 
     private static func isListed(_ name: String, _ lowercaseNames: [String]) -> Bool {
-        lowercaseNames.contains { equalsIgnoringCase(name, $0) }
+        !lowercaseNames.isEmpty && lowercaseNames.contains { equalsIgnoringCase(name, $0) }
     }
 
     /// `name` equals `lowercase` (all lowercase) ignoring ASCII case.
     static func equalsIgnoringCase(_ name: String, _ lowercase: String) -> Bool {
-        guard name.utf8.count == lowercase.utf8.count else { return false }
-        var name = name
-        var lowercase = lowercase
-        return name.withUTF8 { a in
-            lowercase.withUTF8 { b in
-                guard a.count == b.count else { return false }
-                for i in 0 ..< a.count {
-                    var c = a[i]
-                    if c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z") { c |= 0x20 }
-                    if c != b[i] { return false }
-                }
+        let a = name.utf8, b = lowercase.utf8
+        guard a.count == b.count else { return false }
+        // Native strings hand out their bytes directly; others (bridged) take the slow path.
+        let equal = a.withContiguousStorageIfAvailable { p in
+            b.withContiguousStorageIfAvailable { q in
+                for i in 0 ..< p.count where lowered(p[i]) != q[i] { return false }
                 return true
             }
         }
+        if let equal, let equal { return equal }
+        return zip(a, b).allSatisfy { lowered($0) == $1 }
+    }
+
+    @inline(__always)
+    private static func lowered(_ b: UInt8) -> UInt8 {
+        b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") ? b | 0x20 : b
     }
 }

@@ -52,6 +52,11 @@ final class TunnelConnection: @unchecked Sendable {
     let loop: any EventLoop
     private let options: TunnelOptions
     let forwarder: LocalForwarder
+    /// This loop's connections to the local service.
+    let pool: LocalPool
+    let allocator = ByteBufferAllocator()
+    /// Scratch space for encoding request heads (kept between streams).
+    var headBytes: [UInt8] = []
     let status: BridgeStatus
     let logger: Logger
     private let report: @Sendable (TunnelLifecycleEvent) -> Void
@@ -87,6 +92,7 @@ final class TunnelConnection: @unchecked Sendable {
         self.loop = loop
         self.options = options
         self.forwarder = forwarder
+        pool = forwarder.pool(for: loop)
         self.status = status
         var logger = logger
         logger[metadataKey: "tunnel"] = "\(number)"

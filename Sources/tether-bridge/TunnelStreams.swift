@@ -1,12 +1,10 @@
-import AsyncHTTPClient
 import NIOCore
-import NIOHTTP1
 import TetherHTTP
 import TetherTunnel
 
-// The stream half of TunnelConnection: OPEN → local request, DATA both ways under flow
-// control, RESET. Runs on the tunnel's loop like the rest of it, and so do the local request's
-// callbacks (LocalForwarder pins it to this loop).
+// The stream half of TunnelConnection: OPEN → local exchange, DATA both ways under flow
+// control, RESET. Runs on the tunnel's loop like the rest of it, and so do the local
+// connections (LocalPool is per loop): everything here is a direct call.
 extension TunnelConnection {
     func openStream(_ id: StreamID, _ head: TunnelRequestHead, endStream: Bool) {
         // (OPENs the multiplexer refuses after a GOAWAY never get here.)
@@ -24,159 +22,135 @@ extension TunnelConnection {
             status.streamEnded(.failed)
         case .forward(let route):
             logger.debug("stream \(id): \(head.method) \(head.target)")
-            let context = StreamContext(id: id)
-            if !endStream { context.requestBody = RequestBodyPump() }
+            let declaredLength = head.headers.first(name: "Content-Length")
+                .flatMap { Int($0.trimmingWhitespace()) }.flatMap { $0 >= 0 ? $0 : nil }
+            var body: RequestBody?
+            var headers = TetherHTTP.HTTPHeaders()
+            headers.reserveCapacity(head.headers.count + 2)
+            headers.add(name: "Host", value: route.hostHeader)
+            HopByHop.forEachRequestHeader(head.headers) { headers.add(name: $0, value: $1) }
+            if !endStream {
+                // The body streams as it comes: with the length the client declared, else chunked.
+                if let declaredLength {
+                    headers.add(name: "Content-Length", value: String(declaredLength))
+                } else {
+                    headers.add(name: "Transfer-Encoding", value: "chunked")
+                }
+                body = RequestBody(remaining: declaredLength)
+            } else if declaredLength != nil || !RequestBody.mayOmitEmptyLength(head.method) {
+                headers.add(name: "Content-Length", value: "0")
+            }
+            headBytes.removeAll(keepingCapacity: true)
+            HTTPRequestHead(method: head.method, target: route.path, headers: headers).encode(into: &headBytes)
+            let context = StreamContext(id: id, tunnel: self, method: head.method,
+                                        requestHead: allocator.buffer(bytes: headBytes), body: body)
             streams[id] = context
-            forwarder.start(route: route, head: head, hasBody: !endStream, tunnel: self, context: context)
+            pool.acquire(context)
         }
     }
 
     // MARK: - Request body (relay → local service)
 
     func receiveData(_ id: StreamID, _ bytes: ArraySlice<UInt8>, endStream: Bool) {
-        guard let context = streams[id], let pump = context.requestBody, !pump.ended, !pump.closed else {
-            // The local request is over (answered early, or failed): drop the bytes, but return
+        guard let context = streams[id], context.acceptsBody else {
+            // The local exchange is over (answered early, or failed): drop the bytes, but return
             // their credit so the relay's window doesn't shrink for nothing.
             if !bytes.isEmpty { mux.consumed(id, bytes: bytes.count) }
             return
         }
-        if !bytes.isEmpty {
-            pump.chunks.append(ByteBuffer(bytes: bytes))
-            context.unconsumed += bytes.count
+        if let problem = context.receiveBody(bytes, endStream: endStream) {
+            mux.consumed(id, bytes: bytes.count)
+            fail(id, .protocolError, reason: problem)
+            return
         }
-        if endStream { pump.ended = true }
-        pumpRequestBody(context, pump)
+        context.connection?.requestBodyAvailable()
     }
 
-    /// AsyncHTTPClient is ready for the request body (its stream closure ran).
-    func startRequestBody(_ id: StreamID, _ writer: HTTPClient.Body.StreamWriter) -> EventLoopFuture<Void> {
-        loop.assertInEventLoop()
-        guard let context = streams[id], let pump = context.requestBody, !pump.closed, pump.writer == nil else {
-            return loop.makeFailedFuture(StreamGone())
-        }
-        pump.writer = writer
-        let done = loop.makePromise(of: Void.self)
-        pump.done = done
-        pumpRequestBody(context, pump)
-        return done.futureResult
-    }
-
-    /// Writes the next chunk, one at a time. A chunk's credit goes back to the relay once the
-    /// client took it (AsyncHTTPClient completes the write future when the chunk has been
-    /// written, or the local connection is writable again), so credit tracks what the local
-    /// service actually took and a slow service holds at most one stream window here.
-    private func pumpRequestBody(_ context: StreamContext, _ pump: RequestBodyPump) {
-        guard !pump.writing, !pump.closed, let writer = pump.writer else { return }
-        if let chunk = pump.chunks.popFirst() {
-            pump.writing = true
-            let id = context.id
-            let n = chunk.readableBytes
-            writer.write(.byteBuffer(chunk)).hop(to: loop).whenComplete { [self] result in
-                guard let context = streams[id], let pump = context.requestBody else { return }
-                pump.writing = false
-                switch result {
-                case .success:
-                    consumed(id, n)
-                    pumpRequestBody(context, pump)
-                case .failure(let error):
-                    // The request failed; its task's future reports why.
-                    pump.close()?.fail(error)
-                }
-            }
-        } else if pump.ended {
-            pump.close()?.succeed()
-        }
-    }
-
-    func consumed(_ id: StreamID, _ n: Int) {
-        guard let context = streams[id] else { return }  // already credited when it ended
+    /// A local connection wrote `n` bytes of the stream's body: their credit goes back.
+    func requestBodyWritten(_ context: StreamContext, _ n: Int) {
+        guard streams[context.id] === context else { return }  // already credited when it ended
         context.unconsumed -= n
-        mux.consumed(id, bytes: n)
+        mux.consumed(context.id, bytes: n)
         scheduleFlush()
     }
 
     // MARK: - Response (local service → relay)
 
-    func localHead(_ id: StreamID, _ head: NIOHTTP1.HTTPResponseHead) -> EventLoopFuture<Void> {
-        loop.assertInEventLoop()
-        guard let context = streams[id] else { return loop.makeFailedFuture(StreamGone()) }
-        let status = Int(head.status.code)
-        guard (200...599).contains(status) else {
-            fail(id, .localServiceError, reason: "local service answered \(status)")
-            return loop.makeFailedFuture(StreamGone())
-        }
-        var headers = TetherHTTP.HTTPHeaders()
-        headers.reserveCapacity(head.headers.count)
-        HopByHop.forEachResponseHeader(head.headers) { headers.add(name: $0, value: $1) }
+    func localHead(_ context: StreamContext, _ head: HTTPResponseHead, endStream: Bool) {
+        guard streams[context.id] === context else { return }
+        let id = context.id
         context.responded = true
-        mux.sendResponse(id, TunnelResponseHead(status: status, headers: headers), endStream: false)
+        mux.sendResponse(id, TunnelResponseHead(status: head.status, headers: HopByHop.responseHeaders(head.headers)),
+                         endStream: endStream)
         // A head the relay can't take resets the stream (an event): handle it now.
         dispatchEvents()
-        guard streams[id] != nil else { return loop.makeFailedFuture(StreamGone()) }
+        guard streams[id] === context else { return }
+        if endStream { complete(context) }
         scheduleFlush()
-        return loop.makeSucceededVoidFuture()
     }
 
-    /// Hands the chunk to the multiplexer; the future completes (and the client reads the next
-    /// local chunk) only once the windows took all of it, so nothing accumulates here.
-    func localBodyPart(_ id: StreamID, _ chunk: ByteBuffer) -> EventLoopFuture<Void> {
-        loop.assertInEventLoop()
-        guard let context = streams[id] else { return loop.makeFailedFuture(StreamGone()) }
-        var chunk = chunk
-        let taken = chunk.withUnsafeReadableBytes { mux.sendData(id, $0, endStream: false) }
+    /// Hands a body part to the multiplexer. False when the windows could not take all of it:
+    /// the rest waits in the stream and the local connection pauses until `pushPending` sent it.
+    func localBody(_ context: StreamContext, _ bytes: [UInt8], endStream: Bool) -> Bool {
+        guard streams[context.id] === context else { return true }
+        let taken = mux.sendData(context.id, bytes, endStream: endStream)
         scheduleFlush()
-        if taken == chunk.readableBytes { return loop.makeSucceededVoidFuture() }
-        chunk.moveReaderIndex(forwardBy: taken)
-        let promise = loop.makePromise(of: Void.self)
-        context.pending = PendingSend(buffer: chunk, promise: promise)
-        return promise.futureResult
+        if taken == bytes.count {
+            if endStream { complete(context) }
+            return true
+        }
+        context.pending = bytes[taken...]
+        context.pendingEnd = endStream
+        return false
     }
 
-    /// Hands as much of the waiting chunk to the multiplexer as the windows allow; the local
-    /// response resumes only once all of it is taken.
+    /// Window opened: hands on as much of the waiting bytes as it allows; once all of it went
+    /// out, the stream ends (those were its last bytes) or its local connection resumes.
     func pushPending(_ context: StreamContext) {
-        guard var pending = context.pending else { return }
-        let taken = pending.buffer.withUnsafeReadableBytes { mux.sendData(context.id, $0, endStream: false) }
-        pending.buffer.moveReaderIndex(forwardBy: taken)
-        if pending.buffer.readableBytes == 0 {
-            context.pending = nil
-            scheduleFlush()
-            pending.promise.succeed()  // may deliver the next chunk at once (re-entrant)
+        guard let pending = context.pending else { return }
+        let taken = mux.sendData(context.id, pending, endStream: context.pendingEnd)
+        if taken > 0 { scheduleFlush() }
+        guard taken == pending.count else {
+            context.pending = pending.dropFirst(taken)
+            return
+        }
+        context.pending = nil
+        if context.pendingEnd {
+            complete(context)
         } else {
-            context.pending = pending
+            context.connection?.resume()
         }
     }
 
-    /// END_STREAM: the response is complete.
-    func localEnd(_ id: StreamID) {
-        loop.assertInEventLoop()
-        guard let context = streams.removeValue(forKey: id) else { return }
-        _ = mux.sendData(id, ArraySlice<UInt8>(), endStream: true)
-        context.release(mux: &mux)
-        status.streamEnded(.served)
+    /// END_STREAM after the last body part was sent already.
+    func localEnd(_ context: StreamContext) {
+        guard streams[context.id] === context else { return }
+        _ = mux.sendData(context.id, ArraySlice<UInt8>(), endStream: true)
+        complete(context)
         scheduleFlush()
+    }
+
+    /// The response went out whole.
+    private func complete(_ context: StreamContext) {
+        guard streams.removeValue(forKey: context.id) != nil else { return }
+        context.finish(mux: &mux)
+        status.streamEnded(.served)
         closeIfDrained()
     }
 
-    /// The local request failed (a no-op when its stream is gone already).
-    func localFailed(_ id: StreamID, _ error: Error) {
-        loop.assertInEventLoop()
-        guard let context = streams[id] else { return }
-        if error is StreamGone {
-            fail(id, .internalError, reason: "stream task cancelled")
-            return
-        }
-        let (code, reason) = LocalForwarder.classify(error)
-        logger.debug("stream \(id): \(context.responded ? "response" : "request") failed: \(error)")
-        fail(id, code, reason: reason)
+    /// The local exchange failed (a no-op when its stream is gone already).
+    func localFailed(_ context: StreamContext, _ code: TunnelErrorCode, _ reason: String) {
+        guard streams[context.id] === context else { return }
+        logger.debug("stream \(context.id): \(context.responded ? "response" : "request") failed: \(reason)")
+        fail(context.id, code, reason: reason)
     }
 
     func fail(_ id: StreamID, _ code: TunnelErrorCode, reason: String) {
         guard let context = streams.removeValue(forKey: id) else { return }
         logger.info("stream \(id) failed: \(reason)")
         mux.reset(id, code: code, reason: reason)
-        context.abort()  // completes futures; the stream is out of `streams` already
-        context.release(mux: &mux)
+        context.abort()
+        context.finish(mux: &mux)
         status.streamEnded(.failed)
         flush()
         closeIfDrained()
@@ -185,64 +159,147 @@ extension TunnelConnection {
 
 /// Per-stream state, loop-confined like its tunnel.
 final class StreamContext {
+    enum Phase {
+        /// In line for a local connection (the pool is at its limit).
+        case waiting
+        /// A local connection is being opened for it.
+        case connecting
+        /// Its exchange runs on `connection`.
+        case attached
+        /// The local exchange is over; response bytes may still wait for window.
+        case detached
+        /// Ended or reset: nothing more happens.
+        case done
+    }
+
     let id: StreamID
-    /// The request body, when the OPEN did not end the stream.
-    var requestBody: RequestBodyPump?
+    let tunnel: TunnelConnection
+    let method: String
+    /// Encoded request head (resent as is if the request is retried).
+    let requestHead: ByteBuffer
+    var phase = Phase.waiting
+    private(set) var connection: LocalConnection?
+    private var body: RequestBody?
     /// Request bytes received that the local service has not taken yet.
     var unconsumed = 0
-    var localTask: HTTPClient.Task<Void>?
-    /// Response bytes waiting for window.
-    var pending: PendingSend?
+    /// Response bytes waiting for window, and whether END_STREAM follows them.
+    var pending: ArraySlice<UInt8>?
+    var pendingEnd = false
     var responded = false
+    private var retried = false
 
-    init(id: StreamID) { self.id = id }
-
-    /// Stops everything the local request may be waiting on, and the request itself. (Call
-    /// after the stream left `streams`: completing the futures may call back into the tunnel.)
-    func abort() {
-        let done = requestBody?.close()
-        let pending = self.pending
-        self.pending = nil
-        done?.fail(StreamGone())
-        pending?.promise.fail(StreamGone())
-        localTask?.cancel()
-        localTask = nil
+    init(id: StreamID, tunnel: TunnelConnection, method: String, requestHead: ByteBuffer, body: RequestBody?) {
+        self.id = id
+        self.tunnel = tunnel
+        self.method = method
+        self.requestHead = requestHead
+        self.body = body
     }
 
-    /// Returns the credit of request bytes that will now never be read.
-    func release(mux: inout TunnelMultiplexer) {
+    func attach(_ connection: LocalConnection) {
+        self.connection = connection
+        phase = .attached
+    }
+
+    func detach() {
+        connection = nil
+        if phase == .attached { phase = .detached }
+    }
+
+    /// Stops the local exchange, wherever it is: waiting (the pool skips it), connecting (the
+    /// new connection goes to the next stream) or running (its connection is closed).
+    func abort() {
+        phase = .done
+        let connection = self.connection
+        self.connection = nil
+        connection?.abort()
+        pending = nil
+        body?.chunks.removeAll()
+    }
+
+    /// Returns the credit of request bytes that will now never be written.
+    func finish(mux: inout TunnelMultiplexer) {
+        phase = .done
         if unconsumed > 0 { mux.consumed(id, bytes: unconsumed) }
         unconsumed = 0
-        requestBody?.close()?.succeed()
+        body?.chunks.removeAll()
+    }
+
+    // MARK: Request body
+
+    /// Body bytes are still wanted: the body has not ended and the exchange is not over.
+    var acceptsBody: Bool {
+        guard let body, !body.ended else { return false }
+        return phase != .detached && phase != .done
+    }
+
+    /// Queues a DATA payload; returns a problem if it breaks the declared Content-Length.
+    func receiveBody(_ bytes: ArraySlice<UInt8>, endStream: Bool) -> String? {
+        guard var body else { return nil }
+        self.body = nil  // keeps `chunks` uniquely referenced while it grows
+        defer { self.body = body }
+        if !bytes.isEmpty {
+            if let remaining = body.remaining {
+                guard bytes.count <= remaining else { return "request body longer than its Content-Length" }
+                body.remaining = remaining - bytes.count
+            }
+            body.chunks.append(bytes)
+            unconsumed += bytes.count
+        }
+        if endStream {
+            if let remaining = body.remaining, remaining > 0 { return "request body shorter than its Content-Length" }
+            body.ended = true
+        }
+        return nil
+    }
+
+    func nextBodyChunk() -> ArraySlice<UInt8>? {
+        body?.chunks.popFirst()
+    }
+
+    var chunkedBody: Bool { body != nil && body?.remaining == nil }
+
+    var hasBufferedBody: Bool { !(body?.chunks.isEmpty ?? true) }
+
+    /// Everything of the request body is written (or there is none).
+    var bodyComplete: Bool {
+        guard let body else { return true }
+        return body.ended && body.chunks.isEmpty
+    }
+
+    /// Whether the request may go out once more after a reused connection died before any
+    /// response byte: only once, only without a body, and only for methods that are
+    /// idempotent by definition (RFC 9110 §9.2.2).
+    func retryable() -> Bool {
+        guard !retried, body == nil, phase != .done else { return false }
+        switch method {
+        case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+            retried = true
+            return true
+        default:
+            return false
+        }
     }
 }
 
-/// A stream's request body between the tunnel and AsyncHTTPClient's stream writer.
-final class RequestBodyPump {
-    /// DATA payloads not yet written, in arrival order.
-    var chunks = CircularBuffer<ByteBuffer>()
+/// A request body on its way from the tunnel to the local service.
+struct RequestBody {
+    /// DATA payloads not yet written, in arrival order (slices of the tunnel's messages).
+    var chunks = CircularBuffer<ArraySlice<UInt8>>()
     /// END_STREAM arrived.
     var ended = false
-    /// Nothing more goes to the local service (body complete, request over or failed).
-    var closed = false
-    var writer: HTTPClient.Body.StreamWriter?
-    /// Completes the body for the client.
-    var done: EventLoopPromise<Void>?
-    /// A chunk write is in flight.
-    var writing = false
+    /// Bytes still due under the declared Content-Length; nil: chunked.
+    var remaining: Int?
 
-    /// Marks the body over and returns its promise to complete (once).
-    func close() -> EventLoopPromise<Void>? {
-        closed = true
-        chunks.removeAll()
-        writer = nil
-        let done = self.done
-        self.done = nil
-        return done
+    init(remaining: Int?) {
+        self.remaining = remaining
     }
-}
 
-struct PendingSend {
-    var buffer: ByteBuffer
-    let promise: EventLoopPromise<Void>
+    /// Methods whose requests commonly carry no body and no `Content-Length: 0` either.
+    static func mayOmitEmptyLength(_ method: String) -> Bool {
+        switch method {
+        case "GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT": return true
+        default: return false
+        }
+    }
 }
