@@ -60,7 +60,7 @@ start_relay() {  # LOGFILE; sets RELAY_PID, PORT, TLS_PORT
     PORT=$(free_port)
     TLS_PORT=$(free_port)
     "$RELAY" --port "$PORT" --workers "$WORKERS" --tls-port "$TLS_PORT" --tls-cert "$CERT" --tls-key "$KEY" \
-        --log-level warning >"$1" 2>&1 &
+        --log-level warning --admin-port 0 --audit-log off >"$1" 2>&1 &
     RELAY_PID=$!
     local i
     for i in $(seq 1 200); do

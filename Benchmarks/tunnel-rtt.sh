@@ -35,7 +35,8 @@ run_case() {  # NAME STREAM_WINDOW TUNNEL_WINDOW
     local relay_port proxy_port relay_pid bridge_pid proxy_pid token bps
     relay_port=$(free_port); proxy_port=$(free_port)
     "$ROOT_BIN/tether-relay" --port "$relay_port" --workers 1 --jwt-secret "$SECRET" --log-level warning \
-        --stream-window "$2" --tunnel-window "$3" > "$WORK/relay-$slug.log" 2>&1 &
+        --stream-window "$2" --tunnel-window "$3" --rate-limit 0 --bandwidth-limit 0 --session-memory 1073741824 \
+        --admin-port 0 --audit-log off > "$WORK/relay-$slug.log" 2>&1 &
     relay_pid=$!
     python3 "$BENCH_DIR/tools/delay_proxy.py" "$proxy_port" "$relay_port" 0.025 > "$WORK/proxy-$slug.log" 2>&1 &
     proxy_pid=$!

@@ -59,8 +59,10 @@ for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$NGINX_PORT/1k" 
 
 RELAY_PORT=$(free_port)
 SECRET="bench-secret-0123456789"
+# Per-session quotas off (a benchmark is one user at full speed); admin listener on a free port.
 "$ROOT_BIN/tether-relay" --port "$RELAY_PORT" --workers "$WORKERS" --jwt-secret "$SECRET" --log-level warning \
-    > "$WORK/relay.log" 2>&1 &
+    --rate-limit 0 --max-streams 4096 --bandwidth-limit 0 --session-memory 1073741824 --admin-port 0 \
+    --audit-log off > "$WORK/relay.log" 2>&1 &
 PIDS+=($!)
 RELAY_PID=$!
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$RELAY_PORT/health" && break; sleep 0.05; done

@@ -386,7 +386,8 @@ final class TunnelConnection: @unchecked Sendable {
         if ws.hasOutbound {
             channel.writeAndFlush(channel.allocator.buffer(bytes: ws.takeOutbound()), promise: nil)
         }
-        if ws.shouldCloseTransport { channel.close(promise: nil) }
+        // A close frame is parsed ahead of the messages before it: close once they are handled.
+        if ws.shouldCloseTransport && ws.pendingEventCount == 0 { channel.close(promise: nil) }
     }
 
     /// Flushes once the loop has finished what it is doing now (the rest of this read from the
