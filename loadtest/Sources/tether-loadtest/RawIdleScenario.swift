@@ -5,15 +5,9 @@ import TetherIO
 import TetherTLS
 import TetherWebSocket
 
-/// State that only one loop touches, carried through Sendable job closures.
-final class LoopLocal<T>: @unchecked Sendable {
-    var value: T
-    init(_ value: T) { self.value = value }
-}
-
 /// One WebSocket client that completes the handshake and then just holds the connection.
 final class IdleClient: ConnectionHandler {
-    let worker: IdleWorker
+    let worker: RawIdleWorker
     let host: String
     let path: String
     var key = ""
@@ -21,7 +15,7 @@ final class IdleClient: ConnectionHandler {
     var done = false
     var connection: Connection?
 
-    init(worker: IdleWorker, host: String, path: String) {
+    init(worker: RawIdleWorker, host: String, path: String) {
         self.worker = worker
         self.host = host
         self.path = path
@@ -64,7 +58,7 @@ final class IdleClient: ConnectionHandler {
     }
 }
 
-final class IdleWorker {
+final class RawIdleWorker {
     let loop: EventLoop
     let counters: WorkerCounters
     let target: SocketAddress
@@ -115,7 +109,8 @@ final class IdleWorker {
     }
 }
 
-enum IdleScenario {
+/// `idle --path /ws/echo`: plain WebSocket connections held open (Benchmarks/idle-rss.sh).
+enum RawIdleScenario {
     struct Options {
         var target: SocketAddress
         var connections: Int
@@ -138,8 +133,8 @@ enum IdleScenario {
         let tls = try o.tlsCA.map { try TLSContext(configuration: .client(trustRootsFile: $0)) }
         let counters = (0..<o.workers).map { _ in WorkerCounters() }
         let sources = sourceAddresses(count: o.sources)
-        let rssBefore = o.relayPID.flatMap { residentBytes(pid: $0) }
-        let workers = (0..<o.workers).map { _ in LoopLocal<IdleWorker?>(nil) }
+        let rssBefore = o.relayPID.flatMap { vmRSS(pid: $0) }
+        let workers = (0..<o.workers).map { _ in LoopLocal<RawIdleWorker?>(nil) }
         let start = monotonicSeconds()
         for (i, handle) in group.handles.enumerated() {
             let share = evenShare(o.connections, worker: i, of: o.workers)
@@ -148,7 +143,7 @@ enum IdleScenario {
             let (target, path, concurrency) = (o.target, o.path, o.concurrency)
             let tlsContext = tls
             handle.execute { loop in
-                let worker = IdleWorker(loop: loop, counters: c, target: target, sources: sources, tls: tlsContext,
+                let worker = RawIdleWorker(loop: loop, counters: c, target: target, sources: sources, tls: tlsContext,
                                         path: path, total: share, concurrency: concurrency)
                 slot.value = worker
                 worker.startMore()
@@ -170,9 +165,9 @@ enum IdleScenario {
         let established = Totals(counters).established
         log("[idle] \(established) connections established in \(format1(connectSeconds)) s; holding \(format1(o.hold)) s")
         sleepSeconds(1)
-        let rssEstablished = o.relayPID.flatMap { residentBytes(pid: $0) }
+        let rssEstablished = o.relayPID.flatMap { vmRSS(pid: $0) }
         sleepSeconds(o.hold)
-        let rssAfter = o.relayPID.flatMap { residentBytes(pid: $0) }
+        let rssAfter = o.relayPID.flatMap { vmRSS(pid: $0) }
         for (i, handle) in group.handles.enumerated() {
             let slot = workers[i]
             handle.execute { _ in slot.value?.closeAll() }
