@@ -167,6 +167,26 @@ func cpuSeconds(pid: Int32) -> Double? {
     return (utime + stime) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
+/// Seconds the threads of a process have run on a CPU and waited for one (runnable, on a
+/// run queue), summed over its threads (/proc/PID/task/*/schedstat). A large wait means the
+/// machine was oversubscribed: latency then measures the scheduler, not the code.
+func scheduleSeconds(pid: Int32) -> (run: Double, wait: Double)? {
+    guard let dir = opendir("/proc/\(pid)/task") else { return nil }
+    defer { closedir(dir) }
+    var run = 0.0, wait = 0.0
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        guard name.first?.isNumber == true, let text = readFile("/proc/\(pid)/task/\(name)/schedstat") else { continue }
+        let fields = text.split(separator: " ")
+        guard fields.count >= 2, let r = Double(fields[0]), let w = Double(fields[1]) else { continue }
+        run += r / 1e9
+        wait += w / 1e9
+    }
+    return (run, wait)
+}
+
 /// This process's own user+system CPU seconds.
 func ownCPUSeconds() -> Double {
     var usage = rusage()

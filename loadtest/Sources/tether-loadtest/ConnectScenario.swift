@@ -24,7 +24,8 @@ struct Connect: ParsableCommand {
         let tokens = try setup.tokens(count: users)
         let plan = ConnectPlan(workers: setup.workers, tokens: tokens, endpoint: setup.bridgeEndpoint(),
                                concurrency: concurrency, hold: hold)
-        let harness = try Harness(workers: setup.workers, tickNanoseconds: setup.tickNanoseconds) { loop, index, counters, results in
+        let harness = try Harness(workers: setup.workers, tickNanoseconds: setup.tickNanoseconds,
+                                  receiveBuffers: setup.receiveBuffers) { loop, index, counters, results in
             ConnectWorker(loop: loop, index: index, plan: plan, counters: counters, results: results)
         }
         var cpu = CPUWindow(relayPID: relayPid)
@@ -48,6 +49,7 @@ struct Connect: ParsableCommand {
         sleepSeconds(0.5)
         harness.shutdown()
         let results = harness.mergedResults()
+        results.bufferExhaustions = harness.bufferExhaustions
         let final = harness.totals
 
         var report = Report(scenario: "connect")
@@ -66,6 +68,7 @@ struct Connect: ParsableCommand {
         report.figures.set("failures", counts: results.bridgeFailures.counts)
         report.figures.set("bridges_lost", final.bridgesLost)
         report.figures.set("handshake_latency_us", results.handshake.json)
+        report.figures.set("driver_buffer_exhaustions", results.bufferExhaustions)
         report.row("handshakes", "\(atStop.bridgesReady) in \(format1(seconds)) s = \(fixed(rate, 0)) /s")
         report.row("failed", final.bridgesFailed == 0 ? "0" : "\(final.bridgesFailed): \(results.bridgeFailures.summary)")
         report.row("handshake latency", results.handshake.summary)

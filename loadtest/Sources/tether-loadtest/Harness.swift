@@ -109,6 +109,11 @@ final class Harness<W: LoopWorker>: @unchecked Sendable {
         group.shutdown()
     }
 
+    /// Times a loop ran out of provided receive buffers (a starved connection waits for one).
+    var bufferExhaustions: UInt64 {
+        group.handles.reduce(0) { $0 + $1.stats.bufferExhaustions.load(ordering: .relaxed) }
+    }
+
     /// Merged results of every worker (call after `shutdown`).
     func mergedResults() -> WorkerResults {
         let all = WorkerResults()

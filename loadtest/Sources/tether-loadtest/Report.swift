@@ -1,3 +1,5 @@
+import Glibc
+
 /// The end of every scenario: a human-readable table on stdout and the same figures, with
 /// the parameters, as JSON (`--json FILE`).
 struct Report {
@@ -26,7 +28,8 @@ struct Report {
         var o = JSONReport()
         o.set("scenario", scenario)
         o.set("parameters", parameters)
-        let text = o.compact.dropLast() + "," + figures.compact.dropFirst() + "\n"
+        let figuresText = figures.compact
+        let text = figuresText == "{}" ? o.text : o.compact.dropLast() + "," + figuresText.dropFirst() + "\n"
         try writeFile(path, String(text))
     }
 }
@@ -52,21 +55,28 @@ func addBridgeFigures(_ report: inout Report, totals t: Totals, results r: Worke
     report.figures.set("bridge_failures", counts: r.bridgeFailures.counts)
     report.figures.set("bridge_losses", counts: r.bridgeLosses.counts)
     report.figures.set("handshake_latency_us", r.handshake.json)
+    report.figures.set("driver_buffer_exhaustions", r.bufferExhaustions)
     var line = "\(t.bridgesReady) ready, \(t.bridgesFailed) failed, \(t.bridgesLost) lost"
     if r.bridgeFailures.total > 0 { line += "; failures: " + r.bridgeFailures.summary }
     if r.bridgeLosses.total > 0 { line += "; losses: " + r.bridgeLosses.summary }
     report.row("bridges", line)
 }
 
-/// CPU seconds of the driver and (with --relay-pid) of the relay over a window.
+/// CPU seconds of the driver and (with --relay-pid) of the relay over a window, and how long
+/// their threads waited for a CPU (run queue): on a shared machine that wait, not the code,
+/// can dominate the latency tails.
 struct CPUWindow {
     let relayPID: Int32?
     private var driverStart = 0.0
     private var relayStart: Double?
     private var wallStart = 0.0
+    private var driverWaitStart: Double?
+    private var relayWaitStart: Double?
     private(set) var driver = 0.0
     private(set) var relay: Double?
     private(set) var wall = 0.0
+    private(set) var driverWait: Double?
+    private(set) var relayWait: Double?
 
     init(relayPID: Int32?) { self.relayPID = relayPID }
 
@@ -74,12 +84,16 @@ struct CPUWindow {
         wallStart = monotonicSeconds()
         driverStart = ownCPUSeconds()
         relayStart = relayPID.flatMap { cpuSeconds(pid: $0) }
+        driverWaitStart = scheduleSeconds(pid: getpid())?.wait
+        relayWaitStart = relayPID.flatMap { scheduleSeconds(pid: $0)?.wait }
     }
 
     mutating func stop() {
         wall = monotonicSeconds() - wallStart
         driver = ownCPUSeconds() - driverStart
         if let a = relayStart, let b = relayPID.flatMap({ cpuSeconds(pid: $0) }) { relay = b - a }
+        if let a = driverWaitStart, let b = scheduleSeconds(pid: getpid())?.wait { driverWait = b - a }
+        if let a = relayWaitStart, let b = relayPID.flatMap({ scheduleSeconds(pid: $0)?.wait }) { relayWait = b - a }
     }
 
     func add(to report: inout Report) {
@@ -91,5 +105,24 @@ struct CPUWindow {
             line += ", relay \(fixed(relay / wall * 100, 0))%"
         }
         report.row("CPU (of one core)", line)
+        var waits: [String] = []
+        if let driverWait {
+            report.figures.set("driver_runqueue_wait_percent", driverWait / wall * 100)
+            waits.append("driver \(fixed(driverWait / wall * 100, 0))%")
+        }
+        if let relayWait {
+            report.figures.set("relay_runqueue_wait_percent", relayWait / wall * 100)
+            waits.append("relay \(fixed(relayWait / wall * 100, 0))%")
+        }
+        report.figures.set("load_average", loadAverage())
+        if !waits.isEmpty {
+            report.row("waiting for a CPU", waits.joined(separator: ", ") + " of the window, summed over threads (load average \(fixed(loadAverage(), 2)))")
+        }
     }
+}
+
+/// The 1-minute load average.
+func loadAverage() -> Double {
+    guard let text = readFile("/proc/loadavg"), let first = text.split(separator: " ").first else { return .nan }
+    return Double(first) ?? .nan
 }

@@ -156,6 +156,8 @@ final class WorkerResults: @unchecked Sendable {
     var transferRateMin = Double.infinity
     var transferRateMax = 0.0
     var clientConnectFailures = ReasonTally()
+    /// The driver's loops ran out of provided receive buffers (set after the loops stopped).
+    var bufferExhaustions: UInt64 = 0
 
     func recordTransfer(bytes: Int, nanoseconds: UInt64) {
         guard nanoseconds > 0 else { return }

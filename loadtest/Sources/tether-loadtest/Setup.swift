@@ -18,6 +18,7 @@ struct RelayOptions: ParsableArguments {
     @Option(help: "iss claim of the minted tokens (if the relay requires one).") var jwtIssuer: String?
     @Option(help: "aud claim of the minted tokens (if the relay requires one).") var jwtAudience: String?
     @Option(help: "Write the figures (and the parameters) as JSON to this file.") var json: String?
+    @Option(help: "Provided receive buffers (16 KiB) per driver loop (power of two).") var receiveBuffers = 512
     @Option(help: "Longest a driver loop sleeps, in microseconds: bounds the lateness of open-loop arrivals, token emission and churn.") var tickUs = 200
 
     func validate() throws {
@@ -25,6 +26,9 @@ struct RelayOptions: ParsableArguments {
         guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1...64") }
         guard (1...250).contains(sources) else { throw ValidationError("--sources must be 1...250") }
         guard (20...100_000).contains(tickUs) else { throw ValidationError("--tick-us must be 20...100000") }
+        guard (16...32768).contains(receiveBuffers), receiveBuffers & (receiveBuffers - 1) == 0 else {
+            throw ValidationError("--receive-buffers must be a power of two in 16...32768")
+        }
     }
 }
 
@@ -36,6 +40,7 @@ struct Setup: Sendable {
     let serverName: String
     let workers: Int
     let tickNanoseconds: UInt64
+    let receiveBuffers: Int
     let json: String?
     private let secret: String?
     private let issuer: String?
@@ -49,6 +54,7 @@ struct Setup: Sendable {
         serverName = o.serverName
         workers = o.workers
         tickNanoseconds = UInt64(o.tickUs) * 1000
+        receiveBuffers = o.receiveBuffers
         json = o.json
         secret = o.jwtSecret ?? getenv("TETHER_JWT_SECRET").map { String(cString: $0) }
         issuer = o.jwtIssuer

@@ -11,7 +11,8 @@ final class TrafficSession {
         self.setup = setup
         self.plan = plan
         self.label = label
-        harness = try Harness(workers: setup.workers, tickNanoseconds: setup.tickNanoseconds) { loop, index, counters, results in
+        harness = try Harness(workers: setup.workers, tickNanoseconds: setup.tickNanoseconds,
+                                  receiveBuffers: setup.receiveBuffers) { loop, index, counters, results in
             TrafficWorker(loop: loop, index: index, plan: plan, counters: counters, results: results)
         }
     }
@@ -91,7 +92,9 @@ final class TrafficSession {
             sleepSeconds(0.02)
         }
         harness.shutdown()
-        return harness.mergedResults()
+        let results = harness.mergedResults()
+        results.bufferExhaustions = harness.bufferExhaustions
+        return results
     }
 
     private func abort() -> WorkerResults {
