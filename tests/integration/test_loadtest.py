@@ -97,6 +97,29 @@ def test_relay_down_is_a_clear_error(tmp_path):
     assert "not reachable" in proc.stderr and "refused" in proc.stderr.lower(), proc.stderr
 
 
+def test_relay_dying_mid_run_is_counted_and_fails_the_run(tmp_path, tunnel_relay, jwt_secret):
+    out = tmp_path / "dying.json"
+    proc = subprocess.Popen([str(LOADTEST_BIN), "rps", "--target", target(tunnel_relay), "--rate", "500", "--duration", "4",
+                             "--bridges", "2", "--connections", "8", "--jwt-secret", jwt_secret, "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Kill the relay once the first progress line shows traffic flowing.
+    first = ""
+    while "sent=" not in first:
+        first = proc.stderr.readline()
+        assert first, "the driver ended before its first progress line"
+    tunnel_relay.expected_exit = True
+    tunnel_relay.proc.kill()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0, stdout
+    stderr = first + stderr
+    assert "the relay went away during the run" in stderr, stderr
+    data = json.loads(out.read_text())
+    assert_accounting(data)
+    lost = data["errors_by_kind"].get("connect_failed", 0) + data["errors_by_kind"].get("connection_reset", 0)
+    assert lost > 0 and lost == data["errors"], data["errors_by_kind"]
+    assert data["bridges_lost"] == 2
+
+
 def test_wrong_secret_is_a_clear_error(tmp_path, tunnel_relay):
     proc, _ = run_loadtest(tmp_path, "rps", "--target", target(tunnel_relay), "--duration", "1", "--bridges", "3",
                            secret="not-the-relay-secret-0123456789", timeout=30)

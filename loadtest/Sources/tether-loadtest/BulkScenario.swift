@@ -90,5 +90,6 @@ struct Bulk: ParsableCommand {
         addBridgeFigures(&report, totals: t, results: results)
         cpu.add(to: &report)
         try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
     }
 }

@@ -72,5 +72,6 @@ struct Churn: ParsableCommand {
         report.row("failed requests on stable bridges", "\(run.results.errors.total)")
         run.add(to: &report, targetRate: rate)
         try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
     }
 }

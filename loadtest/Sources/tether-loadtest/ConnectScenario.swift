@@ -74,6 +74,7 @@ struct Connect: ParsableCommand {
         report.row("handshake latency", results.handshake.summary)
         cpu.add(to: &report)
         try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
         if final.bridgesReady == 0 {
             throw LoadTestError.failed("no bridge handshake succeeded: \(results.bridgeFailures.summary)")
         }

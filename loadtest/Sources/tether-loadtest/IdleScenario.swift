@@ -87,6 +87,7 @@ struct Idle: ParsableCommand {
             report.row("relay RSS", "could not be read (\(probe?.description ?? ""))")
         }
         try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
         if t.bridgesReady < UInt64(connections) {
             throw LoadTestError.failed("only \(t.bridgesReady) of \(connections) bridges connected: \(results.bridgeFailures.summary)")
         }

@@ -49,6 +49,7 @@ struct RPS: ParsableCommand {
         report.parameters.set("timeout_s", timeout)
         run.add(to: &report, targetRate: rate)
         try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
     }
 }
 

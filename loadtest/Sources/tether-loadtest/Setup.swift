@@ -87,6 +87,16 @@ struct Setup: Sendable {
     func checkRelay() throws {
         try BlockingHTTP.checkReachable(target)
     }
+
+    /// After the report: a relay that died during the run makes the run a failure too.
+    func checkRelayStillUp() throws {
+        switch BlockingHTTP.connect(target) {
+        case .success(let fd):
+            close(fd)
+        case .failure(let error):
+            throw LoadTestError.failed("the relay went away during the run (\(error)); the figures above are not a measurement")
+        }
+    }
 }
 
 struct RelayOptionsSummary: Sendable {

@@ -85,5 +85,6 @@ struct Stream: ParsableCommand {
         addBridgeFigures(&report, totals: t, results: results)
         cpu.add(to: &report)
         try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
     }
 }
