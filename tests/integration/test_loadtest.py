@@ -261,3 +261,27 @@ def test_churn_spares_the_stable_bridges(tmp_path, tunnel_relay, jwt_secret):
     assert data["reconnect_failures"] == 0, data.get("bridge_failures")
     assert data["failed_requests_stable"] == 0, data["errors_by_kind"]
     assert data["bridges_lost"] == 0
+
+
+def test_rps_forwarding_to_a_real_local_service(tmp_path, tunnel_relay, jwt_secret, nginx):
+    # --forward: the bridges pass each stream to nginx over pooled keep-alive connections.
+    proc, data = run_loadtest(tmp_path, "rps", "--target", target(tunnel_relay), "--rate", "200", "--duration", "2",
+                              "--bridges", "2", "--connections", "8", "--forward", f"http://127.0.0.1:{nginx.port}",
+                              "--path", "/files/1KiB.bin", secret=jwt_secret)
+    data = ok(proc, data)
+    assert_accounting(data)
+    assert data["errors"] == 0, data["errors_by_kind"]
+    assert data["parameters"]["forward"] == f"http://127.0.0.1:{nginx.port}"
+    # A missing file is nginx's 404, passed through and counted by status.
+    proc, data = run_loadtest(tmp_path, "rps", "--target", target(tunnel_relay), "--rate", "100", "--duration", "1",
+                              "--bridges", "2", "--connections", "4", "--forward", f"http://127.0.0.1:{nginx.port}",
+                              "--path", "/files/missing.bin", secret=jwt_secret)
+    data = ok(proc, data)
+    assert_accounting(data)
+    assert data["answered"] == 0 and data["errors_by_kind"] == {"status_404": data["sent"]}
+
+
+def test_forward_target_must_be_loopback(tmp_path):
+    proc, _ = run_loadtest(tmp_path, "rps", "--target", "127.0.0.1:1", "--forward", "http://10.0.0.1:11434",
+                           secret="x" * 32, timeout=20)
+    assert proc.returncode != 0 and "refusing target 10.0.0.1:11434" in proc.stderr, proc.stderr

@@ -40,7 +40,7 @@ final class BridgeClient: ConnectionHandler {
     enum Phase { case idle, connecting, upgrading, awaitingHello, ready, closing, closed }
 
     unowned let owner: any BridgeOwner
-    unowned let service: FakeService
+    unowned let service: any BridgeService
     /// Index of the simulated user (its token) and of this bridge in the scenario.
     let user: Int
     let index: Int
@@ -52,6 +52,8 @@ final class BridgeClient: ConnectionHandler {
     var mux: TunnelMultiplexer
     /// Streams the fake service is serving.
     var streams: [StreamID: ServiceStream] = [:]
+    /// Streams forwarded to a real local service (`--forward`).
+    var exchanges: [StreamID: LocalExchange] = [:]
     /// Response bodies waiting for window or for the socket to drain.
     var pumping: [StreamID] = []
     /// Queued in the service's list of bridges to flush after a batch of tokens.
@@ -62,7 +64,7 @@ final class BridgeClient: ConnectionHandler {
     /// The driver asked for the close (churn, end of run): not a loss.
     private(set) var closeRequested = false
 
-    init(owner: any BridgeOwner, service: FakeService, user: Int, index: Int, endpoint: BridgeEndpoint) {
+    init(owner: any BridgeOwner, service: any BridgeService, user: Int, index: Int, endpoint: BridgeEndpoint) {
         self.owner = owner
         self.service = service
         self.user = user
@@ -161,6 +163,9 @@ final class BridgeClient: ConnectionHandler {
         self.connection = nil
         streams = [:]
         pumping = []
+        let orphans = exchanges
+        exchanges = [:]
+        for (_, exchange) in orphans { exchange.abandon() }
         owner.bridgeClosed(self, wasReady: wasReady, reason: closeReason ?? "connection closed")
     }
 
@@ -267,7 +272,7 @@ final class BridgeClient: ConnectionHandler {
             case .streamOpened(let id, let head, let end):
                 service.open(self, id, head, endStream: end)
             case .data(let id, let bytes, let end):
-                service.requestBody(self, id, count: bytes.count, endStream: end)
+                service.requestBody(self, id, bytes, endStream: end)
             case .streamReset(let id, _, _):
                 service.reset(self, id)
             case .windowAvailable(let id):

@@ -12,10 +12,22 @@ enum ServiceStream {
     case tokens(sent: UInt32, total: UInt32, size: Int)
 }
 
+/// What answers the streams a bridge's tunnel carries: the embedded fake service, or a real
+/// local service (`--forward`). Called on the bridge's loop.
+protocol BridgeService: AnyObject {
+    func open(_ bridge: BridgeClient, _ id: StreamID, _ head: TunnelRequestHead, endStream: Bool)
+    /// Request body bytes (a slice of the received message, valid during the call).
+    func requestBody(_ bridge: BridgeClient, _ id: StreamID, _ bytes: ArraySlice<UInt8>, endStream: Bool)
+    func reset(_ bridge: BridgeClient, _ id: StreamID)
+    /// The stream (or, from `pumpAll`, every stream) may send again: window or socket space.
+    func pump(_ bridge: BridgeClient, _ id: StreamID)
+    func pumpAll(_ bridge: BridgeClient)
+}
+
 /// The fake local service behind every bridge of one worker: answers OPENs in-process (no
 /// sockets), from static buffers, with no allocation per body byte. Streams of tokens are
 /// driven by the worker's tick through a heap ordered by due time.
-final class FakeService {
+final class FakeService: BridgeService {
     let counters: WorkerCounters
     let results: WorkerResults
     /// Response body bytes, shared by every stream (never written after init).
@@ -73,7 +85,8 @@ final class FakeService {
         }
     }
 
-    func requestBody(_ bridge: BridgeClient, _ id: StreamID, count: Int, endStream: Bool) {
+    func requestBody(_ bridge: BridgeClient, _ id: StreamID, _ bytes: ArraySlice<UInt8>, endStream: Bool) {
+        let count = bytes.count
         // Passed on at once: the credit goes back now.
         bridge.mux.consumed(id, bytes: count)
         if case .upload(let received)? = bridge.streams[id] {

@@ -11,6 +11,10 @@ struct RPS: ParsableCommand {
     @Option(help: "Users the bridges belong to (default: one per bridge).") var users: Int?
     @Option(help: "Keep-alive web connections (spread over the users).") var connections = 64
     @Option(help: "Response body size in bytes.") var size = 64
+    @Option(help: "Request this path instead of /small?size=N (e.g. /files/1KiB.bin with --forward); every 2xx counts.")
+    var path: String?
+    @Option(help: "Bridges forward to this real local service (http://127.0.0.1:PORT) instead of the embedded one.")
+    var forward: String?
     @Option(help: "A request with no progress for this long fails as a timeout (seconds).") var timeout = 5.0
     @Option(help: "Relay process id: its CPU over the run is reported.") var relayPid: Int32?
 
@@ -21,24 +25,29 @@ struct RPS: ParsableCommand {
             throw ValidationError("--bridges and --connections must be at least 1, --size at least 0, --timeout positive")
         }
         if let users, users < 1 || users > bridges { throw ValidationError("--users must be 1...bridges") }
+        if let path, !path.hasPrefix("/") { throw ValidationError("--path must start with /") }
     }
 
     func run() throws {
         raiseFileLimit()
         let setup = try Setup(relay)
+        let forwardTarget = try forward.map { try ForwardService.parseTarget($0) }
         try setup.checkRelay()
         let users = self.users ?? bridges
         var plan = TrafficPlan(workers: setup.workers, tokens: try setup.tokens(count: users), stableBridges: bridges,
                                stableUsers: users, bridgeEndpoint: setup.bridgeEndpoint(),
                                clientEndpoint: setup.clientEndpoint(timeoutSeconds: timeout))
         plan.clients = connections
-        plan.jobs = [.small(size: size)]
+        plan.forward = forwardTarget
+        let requestPath = path ?? (forward != nil ? "/" : nil)
+        plan.jobs = [requestPath.map { .get(path: $0) } ?? .small(size: size)]
         plan.arrivals = .openLoop(perSecond: rate)
         let run = try OpenLoopRun.execute(setup: setup, plan: plan, label: "rps", duration: duration, timeout: timeout,
                                           relayPID: relayPid)
 
         var report = Report(scenario: "rps")
-        report.headline = "open loop at \(fixed(rate, 0)) req/s for \(format1(duration)) s through \(bridges) bridges (\(users) users), \(connections) connections, \(size)-byte responses"
+        let served = forward.map { "GET \(requestPath ?? "/") forwarded to \($0)" } ?? requestPath.map { "GET \($0)" } ?? "\(size)-byte responses"
+        report.headline = "open loop at \(fixed(rate, 0)) req/s for \(format1(duration)) s through \(bridges) bridges (\(users) users), \(connections) connections, \(served)"
         setup.options.add(to: &report.parameters)
         report.parameters.set("rate", rate)
         report.parameters.set("duration_s", duration)
@@ -47,6 +56,8 @@ struct RPS: ParsableCommand {
         report.parameters.set("connections", connections)
         report.parameters.set("size", size)
         report.parameters.set("timeout_s", timeout)
+        if let requestPath { report.parameters.set("path", requestPath) }
+        if let forward { report.parameters.set("forward", forward) }
         run.add(to: &report, targetRate: rate)
         try report.emit(json: setup.json)
         try setup.checkRelayStillUp()

@@ -33,6 +33,8 @@ struct TrafficPlan: Sendable {
     var maxConnecting = 256
     var bridgeEndpoint: BridgeEndpoint
     var clientEndpoint: ClientEndpoint
+    /// Bridges forward to this real local service instead of the embedded one.
+    var forward: SocketAddress?
 
     var totalBridges: Int { stableBridges + churnBridges }
 
@@ -51,6 +53,8 @@ final class TrafficWorker: LoopWorker, BridgeOwner, WebClientOwner {
     let counters: WorkerCounters
     let results: WorkerResults
     let service: FakeService
+    /// With `plan.forward`: what the bridges serve their streams with instead.
+    private let forwarder: ForwardService?
     private let workerIndex: Int
 
     /// This worker's bridge slots: global bridge index = slot * workers + workerIndex.
@@ -89,6 +93,7 @@ final class TrafficWorker: LoopWorker, BridgeOwner, WebClientOwner {
         self.counters = counters
         self.results = results
         service = FakeService(counters: counters, results: results)
+        forwarder = plan.forward.map { ForwardService(loop: loop, target: $0) }
         timeoutNanoseconds = plan.clientEndpoint.timeoutMilliseconds * 1_000_000
         payload = .allocate(byteCount: 1 << 20, alignment: 64)
         payload.initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "u"))
@@ -216,7 +221,8 @@ final class TrafficWorker: LoopWorker, BridgeOwner, WebClientOwner {
     private func openBridge(_ slot: Int, replacement: Bool = false) -> BridgeClient {
         let index = globalIndex(slot)
         let user = plan.user(ofBridge: index)
-        let bridge = BridgeClient(owner: self, service: service, user: user, index: index, endpoint: plan.bridgeEndpoint)
+        let bridge = BridgeClient(owner: self, service: forwarder ?? service, user: user, index: index,
+                                  endpoint: plan.bridgeEndpoint)
         bridges[slot] = bridge
         handshaking.insert(ObjectIdentifier(bridge))
         if replacement { replacements.insert(ObjectIdentifier(bridge)) }

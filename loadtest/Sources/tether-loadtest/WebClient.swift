@@ -8,6 +8,8 @@ enum Job: Sendable {
     case stream(tokens: Int, rate: Double, size: Int)
     case download(size: Int)
     case upload(size: Int)
+    /// Any path (`--path`): every 2xx answer counts, whatever its body.
+    case get(path: String)
 
     var method: String {
         if case .upload = self { return "POST" }
@@ -21,6 +23,7 @@ enum Job: Sendable {
         case .stream(let tokens, let rate, let size): return "/api/ollama/stream?tokens=\(tokens)&rate=\(rate)&size=\(size)"
         case .download(let size): return "/api/ollama/bulk?size=\(size)"
         case .upload: return "/api/ollama/upload"
+        case .get(let path): return "/api/ollama" + path
         }
     }
 }
@@ -209,7 +212,7 @@ final class WebClient: ConnectionHandler {
                         switch job {
                         case .stream(_, _, let size): readRecords(body, size: size)
                         case .upload: errorBody += body.prefix(32 - min(32, errorBody.count))
-                        case .small, .download: break
+                        case .small, .download, .get: break
                         }
                     } else if errorBody.count < 512 {
                         errorBody += body.prefix(512 - errorBody.count)
@@ -287,6 +290,8 @@ final class WebClient: ConnectionHandler {
                 } else {
                     results.recordTransfer(bytes: size, nanoseconds: now &- sentAt)
                 }
+            case .get:
+                break
             case .stream(let tokens, _, _):
                 if Int(records) != tokens || outOfOrder > 0 || malformed > 0 || !partial.isEmpty {
                     failure = .protocolError("stream: \(records) of \(tokens) records, \(outOfOrder) out of order, \(malformed) malformed")
