@@ -69,6 +69,7 @@ struct Connect: ParsableCommand {
         report.figures.set("bridges_lost", final.bridgesLost)
         report.figures.set("handshake_latency_us", results.handshake.json)
         report.figures.set("driver_buffer_exhaustions", results.bufferExhaustions)
+        report.figures.set("driver_loop_gap_us", results.loopGap.json)
         report.row("handshakes", "\(atStop.bridgesReady) in \(format1(seconds)) s = \(fixed(rate, 0)) /s")
         report.row("failed", final.bridgesFailed == 0 ? "0" : "\(final.bridgesFailed): \(results.bridgeFailures.summary)")
         report.row("handshake latency", results.handshake.summary)

@@ -33,7 +33,13 @@ final class Harness<W: LoopWorker>: @unchecked Sendable {
             let slot = slots[loop.index]
             slot.value = make(loop, loop.index, counters[loop.index], results[loop.index])
             loop.maximumWaitNanoseconds = tickNanoseconds
-            loop.iterationHook = { slot.value?.tick(now: nowNanoseconds()) }
+            let result = results[loop.index]
+            loop.iterationHook = {
+                let now = nowNanoseconds()
+                if result.lastIteration != 0 { result.loopGap.record(nanoseconds: now &- result.lastIteration) }
+                result.lastIteration = now
+                slot.value?.tick(now: now)
+            }
         }
     }
 

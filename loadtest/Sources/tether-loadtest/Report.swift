@@ -56,6 +56,8 @@ func addBridgeFigures(_ report: inout Report, totals t: Totals, results r: Worke
     report.figures.set("bridge_losses", counts: r.bridgeLosses.counts)
     report.figures.set("handshake_latency_us", r.handshake.json)
     report.figures.set("driver_buffer_exhaustions", r.bufferExhaustions)
+    report.figures.set("driver_loop_gap_us", r.loopGap.json)
+    report.row("driver loop gaps", r.loopGap.summary)
     var line = "\(t.bridgesReady) ready, \(t.bridgesFailed) failed, \(t.bridgesLost) lost"
     if r.bridgeFailures.total > 0 { line += "; failures: " + r.bridgeFailures.summary }
     if r.bridgeLosses.total > 0 { line += "; losses: " + r.bridgeLosses.summary }

@@ -156,6 +156,10 @@ final class WorkerResults: @unchecked Sendable {
     var transferRateMin = Double.infinity
     var transferRateMax = 0.0
     var clientConnectFailures = ReasonTally()
+    /// Time between two iterations of the driver's loop (a batch of completions handled, or
+    /// at most `--tick-us` asleep): a long gap delays everything the driver measures.
+    var loopGap = Latency()
+    var lastIteration: UInt64 = 0
     /// The driver's loops ran out of provided receive buffers (set after the loops stopped).
     var bufferExhaustions: UInt64 = 0
 
@@ -173,6 +177,7 @@ final class WorkerResults: @unchecked Sendable {
         serviceTime.add(o.serviceTime)
         handshake.add(o.handshake)
         chunkDelay.add(o.chunkDelay)
+        loopGap.add(o.loopGap)
         errors.add(o.errors)
         stableErrors.add(o.stableErrors)
         bridgeFailures.add(o.bridgeFailures)
