@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
         // System libraries (Debian: liburing-dev, libssl-dev, libjemalloc-dev).
@@ -92,8 +93,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "tether-loadtest", dependencies: [
-            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel",
+            "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel", "TetherAuth",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
         ], path: "loadtest/Sources/tether-loadtest"),
 
         .testTarget(name: "TetherHTTPTests", dependencies: ["TetherHTTP"]),

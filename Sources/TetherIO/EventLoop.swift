@@ -21,6 +21,12 @@ public final class EventLoop {
     public let index: Int
     public let configuration: IOConfiguration
     public let stats: IOStats
+    /// Client-mode pacing (the load driver): runs once per iteration, after completions and
+    /// timers. With `maximumWaitNanoseconds` it runs at least that often, finer than the
+    /// timer wheel's 10 ms ticks and without a thread posting jobs.
+    public var iterationHook: (() -> Void)?
+    /// Longest the loop sleeps in the kernel; nil: until the next completion or timer.
+    public var maximumWaitNanoseconds: UInt64?
     let mailbox: Mailbox
     let uring: UnsafeMutablePointer<io_uring>
     let buffers: BufferRing
@@ -430,6 +436,7 @@ public final class EventLoop {
             rearmStarved()
             waitAndProcess()
             runTimers()
+            iterationHook?()
             iterations &+= 1
             publishStats()
         }
@@ -451,8 +458,8 @@ public final class EventLoop {
         let ready = io_uring_cq_ready(uring)
         let wait: UInt32 = ready > 0 || !flushQueue.isEmpty ? 0 : 1
         let rc: Int32
-        if wait == 1, let ms = wheel.millisecondsUntilNextTimer(nowMilliseconds: nowMilliseconds) {
-            var ts = __kernel_timespec(tv_sec: Int64(ms / 1000), tv_nsec: Int64(ms % 1000) * 1_000_000)
+        if wait == 1, let ns = waitLimitNanoseconds() {
+            var ts = __kernel_timespec(tv_sec: Int64(ns / 1_000_000_000), tv_nsec: Int64(ns % 1_000_000_000))
             rc = io_uring_submit_and_wait_timeout(uring, &cqe, 1, &ts, nil)
         } else {
             rc = io_uring_submit_and_wait(uring, wait)
@@ -461,6 +468,12 @@ public final class EventLoop {
         // Handlers set deadlines relative to this: it must not be the time before the sleep.
         nowMilliseconds = EventLoop.monotonicMilliseconds()
         drainCompletions()
+    }
+
+    private func waitLimitNanoseconds() -> UInt64? {
+        let timer = wheel.millisecondsUntilNextTimer(nowMilliseconds: nowMilliseconds).map { $0 &* 1_000_000 }
+        guard let cap = maximumWaitNanoseconds else { return timer }
+        return min(timer ?? cap, cap)
     }
 
     private func drainCompletions() {

@@ -220,8 +220,3 @@ enum EchoScenario {
     }
 }
 
-func format1(_ v: Double) -> String {
-    guard v.isFinite else { return "n/a" }
-    let scaled = (v * 10).rounded() / 10
-    return String(scaled)
-}

@@ -1,208 +1,95 @@
-import Glibc
-import Synchronization
-import TetherHTTP
-import TetherIO
-import TetherTLS
-import TetherWebSocket
+import ArgumentParser
 
-/// State that only one loop touches, carried through Sendable job closures.
-final class LoopLocal<T>: @unchecked Sendable {
-    var value: T
-    init(_ value: T) { self.value = value }
-}
+struct Idle: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N bridges connect and hold; the relay's resident memory per tunnel.",
+        discussion: """
+        With --path /ws/tunnel (the default) every connection is a tether.v1 bridge (upgrade with a token, HELLO \
+        exchange, pings answered), one user each unless --users says otherwise. Any other --path (e.g. /ws/echo) \
+        holds plain WebSocket connections instead (no token needed), as Benchmarks/idle-rss.sh does.
+        """)
+    @OptionGroup var relay: RelayOptions
+    @Option(help: "Connections (bridges) to open.") var connections = 1000
+    @Option(help: "WebSocket path: /ws/tunnel for bridges, anything else for plain WebSocket connections.")
+    var path = "/ws/tunnel"
+    @Option(help: "Users the bridges belong to (default: one per bridge).") var users: Int?
+    @Option(help: "Seconds to hold them once established.") var hold = 5.0
+    @Option(help: "Handshakes in progress at once, per worker.") var concurrency = 256
+    @Option(help: "Relay process id: RSS from /proc/PID/status (VmRSS), CPU from /proc/PID/stat.") var relayPid: Int32?
+    @Option(help: "Read the relay's RSS from its Prometheus endpoint instead (process_resident_memory_bytes), e.g. http://127.0.0.1:9464/metrics.")
+    var metricsUrl: String?
 
-/// One WebSocket client that completes the handshake and then just holds the connection.
-final class IdleClient: ConnectionHandler {
-    let worker: IdleWorker
-    let host: String
-    let path: String
-    var key = ""
-    var decoder = HTTPResponseDecoder()
-    var done = false
-    var connection: Connection?
-
-    init(worker: IdleWorker, host: String, path: String) {
-        self.worker = worker
-        self.host = host
-        self.path = path
+    func validate() throws {
+        guard connections >= 1 else { throw ValidationError("--connections must be at least 1") }
+        guard hold >= 0, hold <= 86_400 else { throw ValidationError("--hold must be in [0, 86400]") }
+        if let users, users < 1 || users > connections { throw ValidationError("--users must be 1...connections") }
     }
 
-    func connectionDidOpen(_ connection: Connection) {
-        self.connection = connection
-        let request = WebSocketHandshake.clientRequest(host: host, target: path)
-        key = request.key
-        var bytes: [UInt8] = []
-        request.head.encode(into: &bytes)
-        decoder.expectResponse(toMethod: "GET")
-        connection.write(bytes)
-    }
-
-    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
-        guard !done else { return }
-        decoder.feed(bytes)
-        do {
-            if case .head(let head)? = try decoder.next() {
-                _ = try WebSocketHandshake.validateServerResponse(head, key: key, requestedProtocols: [])
-                done = true
-                decoder = HTTPResponseDecoder()
-                worker.handshakeFinished(ok: true)
-            }
-        } catch {
-            done = true
-            worker.handshakeFinished(ok: false)
-            connection.close(.abort)
+    func run() throws {
+        raiseFileLimit()
+        if path != "/ws/tunnel" {
+            let target = try parseLoopbackTarget(relay.target)
+            try BlockingHTTP.checkReachable(target)
+            try RawIdleScenario.run(.init(target: target, connections: connections, path: path, hold: hold,
+                                          workers: relay.workers, concurrency: max(1, concurrency), sources: relay.sources,
+                                          relayPID: relayPid, tlsCA: relay.tls ? relay.ca : nil, json: relay.json))
+            return
         }
-    }
-
-    func connectionDidClose(_ connection: Connection, error: IOError?) {
-        self.connection = nil
-        if !done {
-            done = true
-            worker.handshakeFinished(ok: false)
+        let probe = try MemoryProbe.make(pid: relayPid, metricsURL: metricsUrl)
+        let setup = try Setup(relay)
+        try setup.checkRelay()
+        let users = self.users ?? connections
+        if connections + 64 > fileLimit() {
+            log("warning: the open-file limit (\(fileLimit())) is below \(connections) connections; raise it with ulimit -n")
         }
-        worker.counters.closed.addFromOwner()
-    }
-}
+        var plan = TrafficPlan(workers: setup.workers, tokens: try setup.tokens(count: users), stableBridges: connections,
+                               stableUsers: users, bridgeEndpoint: setup.bridgeEndpoint(),
+                               clientEndpoint: setup.clientEndpoint(timeoutSeconds: 5))
+        plan.maxConnecting = max(1, concurrency)
+        let session = try TrafficSession(setup: setup, plan: plan, label: "idle")
+        let rssBefore = probe?.residentBytes()
+        let connectSeconds = try session.connectBridges(timeout: 600, allowFailures: true)
+        let established = session.totals.bridgesReady
+        log("[idle] \(established) bridges ready in \(format1(connectSeconds)) s; holding \(format1(hold)) s")
+        session.run(seconds: 1, progress: { _, _ in "settling" })
+        let rssEstablished = probe?.residentBytes()
+        session.run(seconds: hold, progress: { t, c in
+            "t=\(format1(t))s holding \(c.bridgesReady &- c.bridgesClosed) bridges (lost \(c.bridgesLost))"
+        })
+        let rssAfter = probe?.residentBytes()
+        let results = session.finish()
+        let t = session.totals
 
-final class IdleWorker {
-    let loop: EventLoop
-    let counters: WorkerCounters
-    let target: SocketAddress
-    let sources: [SocketAddress?]
-    let tls: TLSContext?
-    let path: String
-    let total: Int
-    let concurrency: Int
-    var started = 0
-    var inFlight = 0
-    var clients: [IdleClient] = []
-
-    init(loop: EventLoop, counters: WorkerCounters, target: SocketAddress, sources: [SocketAddress?],
-         tls: TLSContext?, path: String, total: Int, concurrency: Int) {
-        self.loop = loop
-        self.counters = counters
-        self.target = target
-        self.sources = sources
-        self.tls = tls
-        self.path = path
-        self.total = total
-        self.concurrency = concurrency
-    }
-
-    func startMore() {
-        while started < total && inFlight < concurrency {
-            let client = IdleClient(worker: self, host: "localhost", path: path)
-            clients.append(client)
-            let source = sources[started % sources.count]
-            started += 1
-            inFlight += 1
-            if loop.connect(to: target, from: source, tls: tls, serverName: "localhost", handler: client) == nil {
-                // connect() already reported the failure through connectionDidClose.
-                continue
-            }
+        var report = Report(scenario: "idle")
+        report.headline = "\(t.bridgesReady)/\(connections) bridges (\(users) users)\(setup.tls != nil ? " over TLS" : "") held \(format1(hold)) s"
+        setup.options.add(to: &report.parameters)
+        report.parameters.set("connections", connections)
+        report.parameters.set("users", users)
+        report.parameters.set("hold_s", hold)
+        report.parameters.set("concurrency", concurrency)
+        report.parameters.set("memory_source", probe?.description ?? "none")
+        report.figures.set("tls", setup.tls != nil ? "yes" : "no")
+        report.figures.set("connections", connections)
+        report.figures.set("connections_established", t.bridgesReady)
+        report.figures.set("connections_failed", t.bridgesFailed)
+        report.figures.set("connect_seconds", connectSeconds)
+        report.figures.set("handshakes_per_second", Double(t.bridgesReady) / connectSeconds)
+        report.row("connect", "\(t.bridgesReady) ready, \(t.bridgesFailed) failed in \(format1(connectSeconds)) s (\(fixed(Double(t.bridgesReady) / connectSeconds, 0)) handshakes/s)")
+        addBridgeFigures(&report, totals: t, results: results)
+        if let before = rssBefore, let held = [rssEstablished, rssAfter].compactMap({ $0 }).max() {
+            let perTunnel = t.bridgesReady > 0 ? Double(held - before) / Double(t.bridgesReady) : .nan
+            report.figures.set("relay_rss_before_bytes", before)
+            report.figures.set("relay_rss_after_bytes", held)
+            report.figures.set("rss_per_tunnel_bytes", perTunnel)
+            report.figures.set("rss_per_connection_bytes", perTunnel)
+            report.row("relay RSS", "\(before / 1024) KiB empty -> \(held / 1024) KiB held = \(fixed(perTunnel, 0)) B (\(fixed(perTunnel / 1024, 2)) KiB) per tunnel")
+        } else if probe != nil {
+            report.row("relay RSS", "could not be read (\(probe?.description ?? ""))")
         }
-    }
-
-    func handshakeFinished(ok: Bool) {
-        inFlight -= 1
-        if ok { counters.established.addFromOwner() } else { counters.failedConnects.addFromOwner() }
-        startMore()
-    }
-
-    func closeAll() {
-        for client in clients { client.connection?.close(.abort) }
-        clients = []
-    }
-}
-
-enum IdleScenario {
-    struct Options {
-        var target: SocketAddress
-        var connections: Int
-        var path: String
-        var hold: Double
-        var workers: Int
-        var concurrency: Int
-        var sources: Int
-        var relayPID: Int32?
-        var tlsCA: String?
-        var json: String?
-    }
-
-    static func run(_ o: Options) throws {
-        var io = IOConfiguration()
-        io.workers = o.workers
-        io.receiveBufferCount = 256
-        let group = try EventLoopGroup(configuration: io)
-        try group.start { _ in }
-        let tls = try o.tlsCA.map { try TLSContext(configuration: .client(trustRootsFile: $0)) }
-        let counters = (0..<o.workers).map { _ in WorkerCounters() }
-        let sources = sourceAddresses(count: o.sources)
-        let rssBefore = o.relayPID.flatMap { residentBytes(pid: $0) }
-        let workers = (0..<o.workers).map { _ in LoopLocal<IdleWorker?>(nil) }
-        let start = monotonicSeconds()
-        for (i, handle) in group.handles.enumerated() {
-            let share = evenShare(o.connections, worker: i, of: o.workers)
-            let c = counters[i]
-            let slot = workers[i]
-            let (target, path, concurrency) = (o.target, o.path, o.concurrency)
-            let tlsContext = tls
-            handle.execute { loop in
-                let worker = IdleWorker(loop: loop, counters: c, target: target, sources: sources, tls: tlsContext,
-                                        path: path, total: share, concurrency: concurrency)
-                slot.value = worker
-                worker.startMore()
-            }
-        }
-        var last = start
-        while true {
-            let t = Totals(counters)
-            if t.established + t.failedConnects >= UInt64(o.connections) { break }
-            if monotonicSeconds() - start > 300 { break }
-            sleepSeconds(0.05)
-            let now = monotonicSeconds()
-            if now - last >= 1 {
-                last = now
-                log("[idle] t=\(format1(now - start))s established=\(t.established)/\(o.connections) failed=\(t.failedConnects)")
-            }
-        }
-        let connectSeconds = monotonicSeconds() - start
-        let established = Totals(counters).established
-        log("[idle] \(established) connections established in \(format1(connectSeconds)) s; holding \(format1(o.hold)) s")
-        sleepSeconds(1)
-        let rssEstablished = o.relayPID.flatMap { residentBytes(pid: $0) }
-        sleepSeconds(o.hold)
-        let rssAfter = o.relayPID.flatMap { residentBytes(pid: $0) }
-        for (i, handle) in group.handles.enumerated() {
-            let slot = workers[i]
-            handle.execute { _ in slot.value?.closeAll() }
-        }
-        let closeStart = monotonicSeconds()
-        while Totals(counters).closed < UInt64(o.connections) && monotonicSeconds() - closeStart < 10 { sleepSeconds(0.05) }
-        group.shutdown()
-        let final = Totals(counters)
-
-        var report = JSONReport()
-        report.set("scenario", "idle")
-        report.set("target", "\(o.target)")
-        report.set("tls", o.tlsCA != nil ? "yes" : "no")
-        report.set("connections", o.connections)
-        report.set("connections_established", final.established)
-        report.set("connections_failed", final.failedConnects)
-        report.set("connect_seconds", connectSeconds)
-        report.set("handshakes_per_second", Double(final.established) / connectSeconds)
-        print("idle: \(final.established)/\(o.connections) WebSocket connections established (\(final.failedConnects) failed) in \(format1(connectSeconds)) s\(o.tlsCA != nil ? " over TLS" : "")")
-        if let before = rssBefore, let mid = rssEstablished, let after = rssAfter {
-            let held = max(mid, after)
-            let perConnection = final.established > 0 ? Double(held - before) / Double(final.established) : .nan
-            report.set("relay_rss_before_bytes", before)
-            report.set("relay_rss_after_bytes", held)
-            report.set("rss_per_connection_bytes", perConnection)
-            print("  relay RSS: \(before / 1024) KiB empty -> \(held / 1024) KiB held = \(format1(perConnection)) B per connection")
-        }
-        if let path = o.json { try writeFile(path, report.text) }
-        if final.established < UInt64(o.connections) {
-            throw LoadTestError.failed("only \(final.established) of \(o.connections) connections were established")
+        try report.emit(json: setup.json)
+        try setup.checkRelayStillUp()
+        if t.bridgesReady < UInt64(connections) {
+            throw LoadTestError.failed("only \(t.bridgesReady) of \(connections) bridges connected: \(results.bridgeFailures.summary)")
         }
     }
 }

@@ -5,8 +5,9 @@ import TetherIO
 struct LoadTest: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tether-loadtest",
-        abstract: "Load driver for Tether: plays bridges and web clients against a relay on loopback.",
-        subcommands: [Echo.self, Idle.self]
+        abstract: "Load driver for Tether: plays many bridges (with an embedded fake local service) and many web clients against a relay on loopback.",
+        discussion: "See loadtest/README.md for the scenarios, the relay settings a load test needs, and the output.",
+        subcommands: [Idle.self, Connect.self, RPS.self, Stream.self, Bulk.self, Churn.self, Echo.self]
     )
 }
 
@@ -35,31 +36,13 @@ struct Echo: ParsableCommand {
     }
 }
 
-struct Idle: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Open N WebSocket connections, hold them, report the relay's memory per connection.")
-    @Option(help: "Relay address (loopback only), HOST:PORT.") var target: String
-    @Option(help: "WebSocket path.") var path = "/ws/echo"
-    @Option(help: "Connections to open.") var connections = 1000
-    @Option(help: "Seconds to hold them once established.") var hold = 5.0
-    @Option(help: "Driver worker threads.") var workers = 1
-    @Option(help: "Handshakes in progress at once, per worker.") var concurrency = 256
-    @Option(help: "Local source addresses 127.0.0.2... to spread over (each adds ~28k ports).") var sources = 1
-    @Option(help: "Relay process id, to read its RSS.") var relayPid: Int32?
-    @Flag(help: "Connect with TLS (needs --ca).") var tls = false
-    @Option(help: "CA certificate file to verify the relay (TLS).") var ca: String?
-    @Option(help: "Write the results as JSON to this file.") var json: String?
-
-    func validate() throws {
-        if tls && ca == nil { throw ValidationError("--tls needs --ca") }
-    }
-
-    func run() throws {
-        raiseFileLimit()
-        try IdleScenario.run(.init(target: try parseLoopbackTarget(target), connections: connections, path: path,
-                                   hold: hold, workers: max(1, workers), concurrency: max(1, concurrency),
-                                   sources: max(1, sources), relayPID: relayPid, tlsCA: tls ? ca : nil, json: json))
-    }
+// A scenario's own errors are in its counts; this is for "could not run at all".
+do {
+    var command = try LoadTest.parseAsRoot()
+    try command.run()
+} catch let error as LoadTestError {
+    log("tether-loadtest: error: \(error)")
+    exit(1)
+} catch {
+    LoadTest.exit(withError: error)
 }
-
-LoadTest.main()
