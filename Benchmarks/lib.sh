@@ -74,3 +74,44 @@ machine_description() {
     echo "- tether commit: $(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT_DIR" status --porcelain 2>/dev/null | grep -q . && echo ' (work tree has uncommitted changes)')"
     echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# nginx (1 worker) serving $1/www/1k and a sparse 1 GiB file, plus a second server that is one
+# reverse-proxy hop in front of it: the references every tunnel figure is a ratio to.
+# Sets NGINX_PORT and PROXY_PORT and appends nginx's pid to PIDS.
+start_nginx() {  # WORK
+    local work=$1
+    mkdir -p "$work/www" "$work/nginx"
+    head -c 1024 /dev/urandom > "$work/www/1k"
+    truncate -s 1G "$work/www/1g"
+    chmod -R a+rX "$work"  # nginx workers run unprivileged
+    NGINX_PORT=$(free_port)
+    PROXY_PORT=$(free_port)
+    cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream origin { server 127.0.0.1:$NGINX_PORT; keepalive 64; }
+    server { listen 127.0.0.1:$NGINX_PORT; root $work/www; }
+    server {
+        listen 127.0.0.1:$PROXY_PORT;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+    }
+}
+CONF
+    /usr/sbin/nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
+    PIDS+=($!)
+    local i
+    for i in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$NGINX_PORT/1k" && return 0; sleep 0.05; done
+    die "nginx did not start: $(tail -5 "$work/nginx/error.log")"
+}

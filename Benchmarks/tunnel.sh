@@ -24,38 +24,7 @@ cleanup() { for p in "${PIDS[@]}"; do stop_process "$p"; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 [ -n "${KEEP:-}" ] && trap "cat $WORK/relay.log $WORK/bridge.log >&2; cleanup" EXIT
 
-mkdir -p "$WORK/www" "$WORK/nginx"
-head -c 1024 /dev/urandom > "$WORK/www/1k"
-truncate -s 1G "$WORK/www/1g"
-chmod -R a+rX "$WORK"  # nginx workers run unprivileged
-NGINX_PORT=$(free_port)
-PROXY_PORT=$(free_port)
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    sendfile on;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    upstream origin { server 127.0.0.1:$NGINX_PORT; keepalive 64; }
-    server { listen 127.0.0.1:$NGINX_PORT; root $WORK/www; }
-    server {
-        listen 127.0.0.1:$PROXY_PORT;
-        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-    }
-}
-CONF
-/usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
-PIDS+=($!)
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$NGINX_PORT/1k" && break; sleep 0.05; done
+start_nginx "$WORK"  # sets NGINX_PORT (1 KiB and 1 GiB files) and PROXY_PORT (one proxy hop)
 
 RELAY_PORT=$(free_port)
 SECRET="bench-secret-0123456789"
