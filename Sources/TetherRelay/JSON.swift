@@ -2,8 +2,19 @@
 /// no Foundation on the data path.
 enum JSON {
     static func quote(_ s: String) -> String {
-        var out = "\""
+        var out = ""
         out.reserveCapacity(s.utf8.count + 2)
+        append(s, to: &out)
+        return out
+    }
+
+    private static let hex: [Character] = Array("0123456789abcdef")
+
+    /// RFC 8259 string: quotes, backslashes and every control character escaped (DEL and the
+    /// JavaScript line separators too, for log readers that eval). Swift strings are valid
+    /// Unicode, so the output is valid UTF-8.
+    static func append(_ s: String, to out: inout String) {
+        out += "\""
         for scalar in s.unicodeScalars {
             switch scalar {
             case "\"": out += "\\\""
@@ -11,17 +22,15 @@ enum JSON {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F || scalar.value == 0x2028 || scalar.value == 0x2029:
+                out += "\\u"
+                let v = Int(scalar.value)
+                for shift in [12, 8, 4, 0] { out.append(hex[(v >> shift) & 0xF]) }
             default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
+                out.unicodeScalars.append(scalar)
             }
         }
         out += "\""
-        return out
     }
 
     /// `{"error":{"code":...,"message":...}}`: every error the relay sends has this shape.

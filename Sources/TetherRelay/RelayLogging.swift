@@ -207,26 +207,8 @@ public enum LogLine {
 
     private static let hex: [Character] = Array("0123456789abcdef")
 
-    /// RFC 8259 string: quotes, backslashes and every control character escaped. Swift strings
-    /// are valid Unicode, so the output is valid UTF-8.
     static func appendJSONString(_ s: String, to out: inout String) {
-        out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F || scalar.value == 0x2028 || scalar.value == 0x2029:
-                out += "\\u"
-                let v = Int(scalar.value)
-                for shift in [12, 8, 4, 0] { out.append(hex[(v >> shift) & 0xF]) }
-            default:
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        out += "\""
+        JSON.append(s, to: &out)
     }
 
     /// Control characters as escapes, so that one record stays one line.

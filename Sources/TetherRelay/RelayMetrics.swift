@@ -97,16 +97,9 @@ enum RelayMetrics {
         out.sample("tether_streams_failed_total", sum { $0.streamsFailed.load(ordering: .relaxed) })
         out.family("tether_streams_aborted_total", help: "Proxied responses cut after their head (bridge lost, reset, idle).", type: .counter)
         out.sample("tether_streams_aborted_total", sum { $0.streamsAborted.load(ordering: .relaxed) })
-        out.family("tether_requests_total", help: "HTTP responses on the public listeners, by status code.", type: .counter)
-        var anyStatus = false
-        for index in 0..<RelayStats.statusCount {
-            let n = sum({ $0.responsesByStatus }, index)
-            if n > 0 {
-                anyStatus = true
-                out.sample("tether_requests_total", ["code": String(index + 100)], n)
-            }
+        byStatus(&out, "tether_requests_total", "HTTP responses on the public listeners, by status code.", stats) {
+            $0.responsesByStatus
         }
-        if !anyStatus { out.sample("tether_requests_total", ["code": "200"], UInt64(0)) }
         var duration = HistogramSnapshot(upperBounds: Histogram.latencyBounds)
         var firstByte = HistogramSnapshot(upperBounds: Histogram.latencyBounds)
         for worker in stats {
@@ -161,16 +154,9 @@ enum RelayMetrics {
         out.sample("tether_config_last_reload_success_timestamp_seconds", reloads.lastSuccess)
 
         // Admin API
-        out.family("tether_admin_requests_total", help: "Admin listener responses, by status code.", type: .counter)
-        var anyAdmin = false
-        for index in 0..<RelayStats.statusCount {
-            let n = sum({ $0.adminResponsesByStatus }, index)
-            if n > 0 {
-                anyAdmin = true
-                out.sample("tether_admin_requests_total", ["code": String(index + 100)], n)
-            }
+        byStatus(&out, "tether_admin_requests_total", "Admin listener responses, by status code.", stats) {
+            $0.adminResponsesByStatus
         }
-        if !anyAdmin { out.sample("tether_admin_requests_total", ["code": "200"], UInt64(0)) }
         counter(&out, "tether_admin_auth_failures_total", "Admin calls refused for a missing or wrong token.", sum { $0.adminAuthFailures.load(ordering: .relaxed) })
 
         // The I/O core, per worker (a handful of series: one per core).
@@ -199,6 +185,22 @@ enum RelayMetrics {
         out.family("process_start_time_seconds", help: "Start time of the process since unix epoch in seconds.", type: .gauge)
         out.sample("process_start_time_seconds", process.startTimeSeconds)
         return out.text
+    }
+
+    /// Only the codes seen (a bounded set: 100...599), summed over the workers; a family with
+    /// no sample at all would be unknown to Prometheus, so an idle relay shows code 200 at 0.
+    private static func byStatus(_ out: inout PrometheusText, _ name: String, _ help: String, _ stats: [RelayStats],
+                                 _ pick: (RelayStats) -> [RelayStats.Counter]) {
+        out.family(name, help: help, type: .counter)
+        var any = false
+        for index in 0..<RelayStats.statusCount {
+            let n = stats.reduce(UInt64(0)) { $0 &+ pick($1)[index].current }
+            if n > 0 {
+                any = true
+                out.sample(name, ["code": String(index + 100)], n)
+            }
+        }
+        if !any { out.sample(name, ["code": "200"], UInt64(0)) }
     }
 
     private static func counter(_ out: inout PrometheusText, _ name: String, _ help: String, _ value: UInt64) {
