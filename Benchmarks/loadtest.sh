@@ -94,16 +94,24 @@ for f in direct proxy tunnel; do
     { echo "### wrk $f"; echo; echo '```'; cat "$WORK/wrk-$f.txt"; printf '```\n\n'; } >> "$RAW"
 done
 
-log "rps: saturation, then 70% of it"
-start_relay
-drive rps-saturation rps --target "127.0.0.1:$RELAY_PORT" --rate 80000 --duration "$DURATION" --bridges 20 \
-    --connections 256 --forward "http://127.0.0.1:$NGINX_PORT" --path /1k --relay-pid "$RELAY_PID"
-SAT=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(int(d.get("achieved_rate", 0)))' \
-    "$WORK/rps-saturation.json" 2>/dev/null || echo 0)
-[ "$SAT" -gt 0 ] || die "rps saturation run failed: $(cat "$WORK/rps-saturation.err")"
+log "rps: saturation (offered rate raised until the relay stops following it), then 70% of it"
+# The driver's bridges answer from their embedded service (1 KiB bodies): this measures the relay
+# itself; the wrk run above measures the whole path with the real bridge and nginx.
+SAT=0
+for RATE in 10000 20000 30000 40000 50000 60000 80000; do
+    start_relay
+    drive "rps-$RATE" rps --target "127.0.0.1:$RELAY_PORT" --rate "$RATE" --duration 5 --bridges 20 \
+        --connections 256 --size 1024 --relay-pid "$RELAY_PID"
+    GOT=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1])).get("achieved_rate", 0)))' \
+        "$WORK/rps-$RATE.json" 2>/dev/null || echo 0)
+    [ "$GOT" -gt "$SAT" ] && SAT=$GOT
+    [ "$GOT" -lt $((RATE * 95 / 100)) ] && break
+done
+[ "$SAT" -gt 0 ] || die "rps runs failed: $(cat "$WORK"/rps-*.err | tail -5)"
+echo "$SAT" > "$WORK/rps-saturation.txt"
 start_relay
 drive rps-70 rps --target "127.0.0.1:$RELAY_PORT" --rate $((SAT * 7 / 10)) --duration "$DURATION" --bridges 20 \
-    --connections 256 --forward "http://127.0.0.1:$NGINX_PORT" --path /1k --relay-pid "$RELAY_PID"
+    --connections 256 --size 1024 --relay-pid "$RELAY_PID"
 
 start_relay
 drive stream stream --target "127.0.0.1:$RELAY_PORT" --streams "$STREAMS" --token-rate 20 --duration "$DURATION" \
@@ -143,7 +151,8 @@ def wrk(name):
 def pct(d, key, p):
     return (d.get(key) or {}).get(p, float("nan"))
 direct, proxy, tunnel = wrk("direct"), wrk("proxy"), wrk("tunnel")
-sat, r70, stream = j("rps-saturation"), j("rps-70"), j("stream")
+sat = {"achieved_rate": float((work / "rps-saturation.txt").read_text())}
+r70, stream = j("rps-70"), j("stream")
 ip, it, cp, ct, churn_d, bulk = j("idle-plain"), j("idle-tls"), j("connect-plain"), j("connect-tls"), j("churn"), j("bulk")
 print(f"# Load-test run ({duration} s per scenario, churn {churn} s)\n")
 print((work / "machine.md").read_text())
@@ -154,7 +163,7 @@ print("|---|---|---|---|")
 print(f"| wrk → nginx, 1 KiB | {direct:,.0f} req/s | | 1.00 |")
 print(f"| wrk → nginx proxy hop → nginx | | {proxy:,.0f} req/s | {proxy / direct:.2f} |")
 print(f"| wrk → relay (1 worker) → tether-bridge → nginx | | {tunnel:,.0f} req/s | {tunnel / direct:.2f} (target ≥ 0.60) |")
-print(f"| rps saturation, bridges → nginx | | {sat.get('achieved_rate', 0):,.0f} req/s | {sat.get('achieved_rate', 0) / direct:.2f} |")
+print(f"| rps saturation: driver bridges (embedded 1 KiB service) through the relay | | {sat.get('achieved_rate', 0):,.0f} req/s | {sat.get('achieved_rate', 0) / direct:.2f} |")
 print(f"| rps at 70% ({r70.get('achieved_rate', 0):,.0f} req/s): p50 / p99 / p99.9 | | "
       f"{pct(r70, 'latency_us', 'p50') / 1000:.2f} / {pct(r70, 'latency_us', 'p99') / 1000:.2f} / "
       f"{pct(r70, 'latency_us', 'p99_9') / 1000:.2f} ms | p99 < 5 ms |")
