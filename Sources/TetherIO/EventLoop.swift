@@ -228,6 +228,21 @@ public final class EventLoop {
         if transfer.eof { c.readEOF() }
     }
 
+    /// Takes over a connected socket created elsewhere (a blocking connect on a background
+    /// thread, one end of a socketpair). The handler hears `connectionDidOpen` at once.
+    @discardableResult
+    public func adopt(fileDescriptor fd: Int32, handler: any ConnectionHandler) -> Connection? {
+        guard !stopping, !ringClosed else {
+            Glibc.close(fd)
+            return nil
+        }
+        let c = register(fd: fd, state: .open)
+        c.handler = handler
+        armRecv(c)
+        handler.connectionDidOpen(c)
+        return c
+    }
+
     // MARK: connections
 
     private func allocateSlot() -> (Int32, UInt32) {
@@ -289,7 +304,7 @@ public final class EventLoop {
             handler.connectionDidClose(Connection.failed(loop: self), error: error)
             return nil
         }
-        Socket.setNoDelay(fd)
+        if remote.family != .unix { Socket.setNoDelay(fd) }
         let c = register(fd: fd, state: .connecting)
         c.handler = handler
         if let tls {

@@ -458,3 +458,43 @@ extension EventLoopTests {
         XCTAssertEqual(recv(admin, &buf, buf.count, 0), 4)
     }
 }
+
+final class UnixSocketTests: XCTestCase {
+    /// The session workers of the Docker isolation mode are reached over unix sockets: connect
+    /// through the ring, move bytes both ways with backpressure, and adopt a socket connected
+    /// elsewhere (a background thread's blocking connect).
+    func testUnixSocketEchoThroughTheRingAndAdoptedDescriptor() throws {
+        let dir = "/tmp/tether-io-\(getpid())"
+        mkdir(dir, 0o700)
+        defer { rmdir(dir) }
+        let path = dir + "/echo.sock"
+        let listenFD = try Socket.listenUnix(path: path)
+        defer { unlink(path) }
+        var st = stat()
+        XCTAssertEqual(lstat(path, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { loop in loop.startAccepting(listenFD: listenFD) { _ in EchoHandler() } }
+        guard let address = SocketAddress(unixPath: path) else { return XCTFail("path refused") }
+        XCTAssertEqual(address.description, "unix:\(path)")
+        let results = Box((ok: 0, bad: 0, closed: 0))
+        var rng = SplitMix64(state: 99)
+        let payloads = (0..<20).map { _ in rng.bytes(Int(rng.next() % 700_000) + 1) }
+        group.handles[0].execute { loop in
+            for payload in payloads { loop.connect(to: address, handler: PayloadClient(payload: payload, chunk: 50_000, results: results)) }
+        }
+        // A socket connected with a plain blocking connect, then adopted by the loop.
+        let fd = try Socket.connectUnixBlocking(path: path)
+        let adoptedPayload = rng.bytes(300_000)
+        group.handles[0].execute { loop in
+            loop.adopt(fileDescriptor: fd, handler: PayloadClient(payload: adoptedPayload, chunk: 8192, results: results))
+        }
+        XCTAssertTrue(waitUntil { results.get.closed == payloads.count + 1 }, "\(results.get)")
+        XCTAssertEqual(results.get.ok, payloads.count + 1)
+        // Paths that cannot fit sun_path are refused up front, never truncated.
+        XCTAssertNil(SocketAddress(unixPath: "/" + String(repeating: "x", count: 107)))
+        XCTAssertNotNil(SocketAddress(unixPath: "/" + String(repeating: "x", count: 106)))
+        XCTAssertThrowsError(try Socket.listenUnix(path: "/" + String(repeating: "y", count: 200)))
+        group.shutdown()
+    }
+}
