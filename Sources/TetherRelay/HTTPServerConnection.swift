@@ -51,10 +51,20 @@ final class HTTPServerConnection: ConnectionHandler {
     /// Set when this handler was built on the session's home worker by a hand-off: the
     /// request head (already decoded) and its verified identity.
     private var resumed: (head: HTTPRequestHead, identity: Identity, route: AuthenticatedRoute)?
+    /// In a session worker (Docker isolation): the relay authenticated the caller and says who
+    /// it is and where it connected from; no token is checked here.
+    var trusted: TrustedCaller?
 
     init(context: RelayContext) {
         self.context = context
         self.decoder = HTTPRequestDecoder(limits: context.configuration.httpLimits)
+    }
+
+    /// A client exchange attached by the relay to this session worker.
+    init(context: RelayContext, trusted: TrustedCaller) {
+        self.context = context
+        self.decoder = HTTPRequestDecoder(limits: context.configuration.httpLimits)
+        self.trusted = trusted
     }
 
     /// Continues a request that another worker decoded and authenticated.
@@ -355,6 +365,10 @@ final class HTTPServerConnection: ConnectionHandler {
     /// Verifies the caller's token, then serves the request on the worker that owns its
     /// session, handing the connection over if that is another worker.
     private func authenticate(_ head: HTTPRequestHead, _ route: AuthenticatedRoute, _ connection: Connection) {
+        if let trusted {
+            serveAuthenticated(head, trusted.identity, route, connection)
+            return
+        }
         let keepAlive = head.isKeepAlive
         let address = limitedAddress(connection)
         if let address, let retryAfter = authFailuresExceeded(address) {
@@ -626,6 +640,13 @@ final class HTTPServerConnection: ConnectionHandler {
         context.stats.countResponse(status)
     }
 }
+/// Who the relay says is calling (session workers only).
+struct TrustedCaller {
+    let identity: Identity
+    let peer: SocketAddress?
+    let tls: Bool
+}
+
 /// A bridge refused after its upgrade (limits): a close frame with code and reason, then EOF.
 final class WebSocketRefusal: ConnectionHandler {
     let code: UInt16
