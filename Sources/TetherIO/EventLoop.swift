@@ -185,6 +185,9 @@ public final class EventLoop {
         if c.sending.isEmpty { c.sending.exchange(with: &c.pending) }
         if !c.sending.isEmpty {
             submitSend(c)
+        } else if c.writeShutdownRequested && !c.writeShutdownDone && c.state == .open {
+            c.writeShutdownDone = true
+            Glibc.shutdown(c.fd, Int32(SHUT_WR))
         } else if c.state == .closing {
             c.startLinger()
         } else if c.state == .handingOff {

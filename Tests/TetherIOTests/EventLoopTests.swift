@@ -497,4 +497,52 @@ final class UnixSocketTests: XCTestCase {
         XCTAssertThrowsError(try Socket.listenUnix(path: "/" + String(repeating: "y", count: 200)))
         group.shutdown()
     }
+
+    /// Half-close: what was written goes out, then FIN, and the peer's answer still arrives.
+    func testFinishWritingKeepsReadingUntilThePeersEOF() throws {
+        final class EchoUntilEOF: ConnectionHandler {
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) { connection.write(bytes) }
+            func connectionDidReadEOF(_ connection: Connection) {
+                connection.write(Array("bye".utf8))
+                connection.close(.graceful)
+            }
+        }
+        final class HalfCloser: ConnectionHandler {
+            let payload: [UInt8]
+            let result: Box<(bytes: [UInt8], eof: Bool)>
+            init(_ payload: [UInt8], _ result: Box<(bytes: [UInt8], eof: Bool)>) {
+                self.payload = payload
+                self.result = result
+            }
+            func connectionDidOpen(_ connection: Connection) {
+                connection.write(payload)
+                connection.finishWriting()
+                connection.write([1, 2, 3])  // dropped: writing is finished
+            }
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+                let copy = Array(bytes)
+                result.with { $0.bytes += copy }
+            }
+            func connectionDidReadEOF(_ connection: Connection) {
+                result.with { $0.eof = true }
+                connection.close(.abort)
+            }
+        }
+        let dir = "/tmp/tether-io-half-\(getpid())"
+        mkdir(dir, 0o700)
+        defer { rmdir(dir) }
+        let path = dir + "/s.sock"
+        let listenFD = try Socket.listenUnix(path: path)
+        defer { unlink(path) }
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { loop in loop.startAccepting(listenFD: listenFD) { _ in EchoUntilEOF() } }
+        var rng = SplitMix64(state: 5)
+        let payload = rng.bytes(1_000_000)
+        let result = Box<(bytes: [UInt8], eof: Bool)>(([], false))
+        guard let address = SocketAddress(unixPath: path) else { return XCTFail() }
+        group.handles[0].execute { loop in loop.connect(to: address, handler: HalfCloser(payload, result)) }
+        XCTAssertTrue(waitUntil { result.get.eof })
+        XCTAssertEqual(result.get.bytes, payload + Array("bye".utf8))
+        group.shutdown()
+    }
 }
