@@ -79,7 +79,7 @@ let package = Package(
         // The relay's settings: one registry of every key (file, environment, flag), the YAML
         // loader, validation, --help and docs/CONFIGURATION.md are all derived from it.
         .target(name: "TetherConfig", dependencies: [
-            "TetherRelay", "TetherAuth", "TetherQuota", "TetherTLS",
+            "TetherRelay", "TetherAuth", "TetherQuota", "TetherTLS", "TetherIsolation",
             .product(name: "Yams", package: "Yams"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -42,6 +42,8 @@ public final class EventLoop {
     private let cqePointers: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     private var dueTargets: [TimerTarget] = []
     private var dueClosures: [() -> Void] = []
+    /// `runSoon` work: after the current batch of completions, before the next wait.
+    private var soon: [() -> Void] = []
 
     // Counters published to `stats` once per iteration.
     private var submissions: UInt64 = 0
@@ -442,8 +444,24 @@ public final class EventLoop {
     // MARK: the loop
 
     /// Runs until `stop()`; then closes every connection and listener of this loop.
+    /// Runs `body` on this loop once the current callback chain has unwound (before the loop
+    /// waits again): for work that must not re-enter the caller, such as resuming a
+    /// connection whose held input would be delivered inside the caller's bookkeeping.
+    public func runSoon(_ body: @escaping () -> Void) {
+        soon.append(body)
+    }
+
+    private func runSoonWork() {
+        while !soon.isEmpty {
+            let work = soon
+            soon = []
+            for body in work { body() }
+        }
+    }
+
     public func run() {
         while !stopping {
+            runSoonWork()
             flushQueued()
             rearmStarved()
             waitAndProcess()
@@ -459,7 +477,7 @@ public final class EventLoop {
     private func waitAndProcess() {
         var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
         let ready = io_uring_cq_ready(uring)
-        let wait: UInt32 = ready > 0 || !flushQueue.isEmpty ? 0 : 1
+        let wait: UInt32 = ready > 0 || !flushQueue.isEmpty || !soon.isEmpty ? 0 : 1
         let rc: Int32
         if wait == 1, let ms = wheel.millisecondsUntilNextTimer(nowMilliseconds: nowMilliseconds) {
             var ts = __kernel_timespec(tv_sec: Int64(ms / 1000), tv_nsec: Int64(ms % 1000) * 1_000_000)
@@ -487,6 +505,7 @@ public final class EventLoop {
             io_uring_cq_advance(uring, UInt32(n))
             completions &+= UInt64(n)
             for entry in cqeBatch { dispatch(userData: entry.userData, res: entry.res, flags: entry.flags) }
+            runSoonWork()
             flushQueued()
             if n < EventLoop.cqeBatchLimit { return }
         }

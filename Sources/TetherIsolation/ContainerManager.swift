@@ -253,7 +253,7 @@ public final class ContainerManager: Sendable {
                 SessionDirectory.lock(directory)
                 if let fd = try? Socket.connectUnixBlocking(path: socketPath) {
                     let took = IsolationThread.monotonicNanoseconds() &- began
-                    counters.observeColdStart(nanoseconds: took)
+                    counters.observeContainerStart(nanoseconds: took)
                     return .success(StartedContainer(session: session, containerID: containerID, socketPath: socketPath,
                                                      controlFD: fd, startNanoseconds: took))
                 }

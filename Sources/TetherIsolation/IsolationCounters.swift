@@ -52,7 +52,9 @@ public final class IsolationCounters: Sendable {
     /// Bridges that could not be moved (closed instead; they reconnect).
     public let bridgeHandoverFailures = Atomic<UInt64>(0)
     public let failures: [Counter]
-    /// Create → start → the worker's socket answering.
+    /// Create → start → the worker's socket answering (the engine's part).
+    private let containerStart = Mutex(Histogram(upperBounds: IsolationCounters.coldStartBounds))
+    /// A session needed its container → its worker ready with the bridges attached.
     private let coldStart = Mutex(Histogram(upperBounds: IsolationCounters.coldStartBounds))
 
     public static let coldStartBounds: [Double] = [0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30]
@@ -69,8 +71,16 @@ public final class IsolationCounters: Sendable {
         failures[reason.rawValue].value.add(1, ordering: .relaxed)
     }
 
+    public func observeContainerStart(nanoseconds: UInt64) {
+        containerStart.withLock { $0.observe(nanoseconds: nanoseconds) }
+    }
+
     public func observeColdStart(nanoseconds: UInt64) {
         coldStart.withLock { $0.observe(nanoseconds: nanoseconds) }
+    }
+
+    public func containerStartSnapshot() -> HistogramSnapshot {
+        containerStart.withLock { $0.snapshot() }
     }
 
     public func coldStartSnapshot() -> HistogramSnapshot {

@@ -94,6 +94,10 @@ extension HTTPServerConnection: StreamClient {
             phase = .body(.discard(keepAlive: keepAlive))
             return
         }
+        if session.isolation != nil {
+            startIsolatedProxy(head, identity, session, connection)
+            return
+        }
         let now = context.loop.nowMilliseconds
         if identity.tier != session.tierClaim {
             session.updateTier(identity.tier, tiers: context.shared.tiers.withLock { $0 }, now: now)

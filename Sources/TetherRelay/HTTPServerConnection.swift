@@ -538,6 +538,7 @@ final class HTTPServerConnection: ConnectionHandler {
         }
         let home = context.homeWorker(of: identity.session)
         let peer = connection.remoteAddress
+        let tls = connection.isTLS
         let makeBridge: @Sendable (RelayContext) -> any ConnectionHandler = { target in
             let protocolName = legacy ? "legacy-json" : TunnelProtocol.subprotocol
             guard let session = target.openSession(for: identity, cause: "bridge") else {
@@ -546,6 +547,9 @@ final class HTTPServerConnection: ConnectionHandler {
             if session.bridges.count >= session.profile.maxBridges {
                 target.recordQuotaRejection(.bridges, session: session.id)
                 return WebSocketRefusal(code: 4008, reason: "TOO_MANY_BRIDGES: this session already has \(session.profile.maxBridges) bridges connected")
+            }
+            if target.isolation != nil {
+                return IsolatedBridge(context: target, session: session, peer: peer, tls: tls, legacy: legacy)
             }
             return legacy ? LegacyBridgeConnection(context: target, session: session, peer: peer, protocolName: protocolName)
                           : TunnelConnection(context: target, session: session, peer: peer, protocolName: protocolName)

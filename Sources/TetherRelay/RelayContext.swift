@@ -41,6 +41,8 @@ final class RelayContext {
     var maxConnections: Int
     /// Set only in a session worker (Docker isolation): its bridges and control link.
     var worker: WorkerState?
+    /// Set only in a relay with `isolation.mode: docker`.
+    var isolation: IsolationRuntime?
     /// Cross-worker requests (scrapes, admin API) waiting for every worker's answer.
     var pendingGathers: [UInt64: () -> Void] = [:]
     var nextGatherID: UInt64 = 0
