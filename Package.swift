@@ -84,7 +84,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "tether-relay", dependencies: [
-            "TetherConfig", "TetherRelay", "TetherQuota", "TetherAuth", "CJemalloc",
+            "TetherConfig", "TetherRelay", "TetherQuota", "TetherAuth", "TetherIO", "CJemalloc",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The desktop side: portable (Linux and macOS), so SwiftNIO rather than io_uring.
