@@ -106,6 +106,10 @@ extension RelayContext {
         guard let iso = session.isolation else { return .unavailable(IsolationFailure(.setupFailed, "not isolated"), retryAfterSeconds: 1) }
         ensureContainer(session)
         switch iso.container {
+        case .running where !iso.pendingAttach.isEmpty && !hasBridgeWithWorker(session):
+            // The session's only bridges are on their way to the worker: a request now would
+            // find none there.
+            return .wait
         case .running:
             return .ready(socketPath: iso.socketPath)
         case .failed(let failure, let retryAt):
@@ -233,27 +237,51 @@ extension RelayContext {
         let id = iso.nextAttachID
         guard bridge.attach(socketPath: iso.socketPath, attachID: id) else { return }
         iso.nextAttachID &+= 1
-        if case .attaching = iso.container { iso.pendingAttach.insert(id) }
+        iso.pendingAttach.insert(id)
+        if case .running = iso.container, iso.attachTimer == nil {
+            // Requests wait for the confirmation; never for long.
+            iso.attachTimer = loop.schedule(afterMilliseconds: 5_000) { [weak self, weak iso] in
+                guard let self, let iso else { return }
+                iso.attachTimer = nil
+                iso.pendingAttach = []
+                if case .running = iso.container { self.releaseWaiters(iso, .success(iso.socketPath)) }
+            }
+        }
+    }
+
+    private func hasBridgeWithWorker(_ session: Session) -> Bool {
+        session.bridges.contains { ($0 as? IsolatedBridge)?.isWithWorker == true }
     }
 
     func bridgeAttached(_ session: Session, _ attachID: UInt64) {
         guard let iso = session.isolation else { return }
         isolation?.counters.resumes.add(1, ordering: .relaxed)
-        iso.pendingAttach.remove(attachID)
-        if iso.pendingAttach.isEmpty, case .attaching(let link) = iso.container { becomeRunning(session, iso, link) }
+        attachSettled(session, iso, attachID)
     }
 
     /// A bridge could not be handed over (its link failed): it stays parked in the relay.
     func bridgeAttachFailed(_ session: Session, _ attachID: UInt64) {
         guard let iso = session.isolation else { return }
         isolation?.counters.bridgeHandoverFailures.add(1, ordering: .relaxed)
-        iso.pendingAttach.remove(attachID)
-        if iso.pendingAttach.isEmpty, case .attaching(let link) = iso.container { becomeRunning(session, iso, link) }
+        attachSettled(session, iso, attachID)
+    }
+
+    private func attachSettled(_ session: Session, _ iso: SessionIsolation, _ attachID: UInt64) {
+        guard iso.pendingAttach.remove(attachID) != nil else { return }
+        switch iso.container {
+        case .attaching(let link) where iso.pendingAttach.isEmpty:
+            becomeRunning(session, iso, link)
+        case .running where !iso.waiters.isEmpty && (iso.pendingAttach.isEmpty || hasBridgeWithWorker(session)):
+            releaseWaiters(iso, .success(iso.socketPath))
+        default:
+            break
+        }
     }
 
     private func becomeRunning(_ session: Session, _ iso: SessionIsolation, _ link: ControlLink) {
         if let timer = iso.attachTimer { loop.cancel(timer) }
         iso.attachTimer = nil
+        iso.pendingAttach = []
         iso.container = .running(link)
         iso.consecutiveFailures = 0
         isolation?.counters.observeColdStart(nanoseconds: monotonicNanoseconds() &- iso.neededSinceNanos)

@@ -542,6 +542,34 @@ def test_engine_stopped_mid_run_gives_clear_503s_then_recovers(iso_relay, docker
     assert desk.alive()
 
 
+def test_a_container_killed_from_outside_is_noticed_and_replaced(iso_relay, docker_engine, mint_token):
+    relay = iso_relay()
+    tok = mint_token("victim")
+    name = f"tether-session-{session_id('victim')}"
+
+    async def main():
+        async with bridge(relay, tok, name="first") as b1:
+            assert (await http(relay, "GET", "/api/ollama/info", tok)).status == 200
+            killed = docker_engine.inspect(name)["Id"]
+            docker_engine.docker("kill", name)
+            # Its tunnel lived in the container: the bridge is told to reconnect.
+            await await_until(lambda: b1.closed.is_set(), 15, "the bridge of the killed container to be closed")
+        await await_until(lambda: metrics(relay)['tether_isolation_failures_total{reason="container_died"}'] == 1, 10,
+                          "the loss to be counted")
+        async with bridge(relay, tok, name="second"):
+            r = await http(relay, "GET", "/api/ollama/info", tok)
+            assert r.status == 200 and r.json()["bridge"] == "second", r.describe()
+            assert docker_engine.inspect(name)["Id"] != killed
+        # A bridge that reconnects to a running container is served at once, not told that no
+        # bridge is connected while it is being handed over.
+        for n in range(3):
+            async with bridge(relay, tok, name=f"again-{n}"):
+                r = await http(relay, "GET", "/api/ollama/info", tok)
+                assert r.status == 200 and r.json()["bridge"] == f"again-{n}", r.describe()
+
+    run(main(), timeout=90)
+
+
 def test_missing_image_is_a_clear_503(iso_relay, mint_token):
     relay = iso_relay("--isolation-image", "tether-session:does-not-exist")
     tok = mint_token("imageless")
