@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Docker isolation benchmark (issue 7), against a real Docker engine:
+#   1. cold start: SESSIONS parked sessions (bridges connected, containers stopped for idleness)
+#      get a request at the same moment; time from sending it to the first response byte, p50
+#      and p99 over ROUNDS rounds (targets: p50 < 250 ms, p99 < 1 s with 20 sessions);
+#   2. host memory per idle container: the worker's cgroup (memory.current), the engine's
+#      containerd-shim for it, and the drop of MemAvailable per container;
+#   3. one session's throughput, docker-isolated vs in-process: wrk with 1 KiB and 64 KiB
+#      responses and one 1 GiB download, relay + tether-bridge + nginx, same flags otherwise.
+# Usage: Benchmarks/isolation.sh [DURATION_SECONDS] (default 10); SESSIONS=20 ROUNDS=5 CONNS=50.
+# Starts its own dockerd on a private socket and data root (like the tests) and builds the
+# session image with deploy/docker/build-image.sh. Writes Benchmarks/results/isolation.md.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+DURATION=${1:-10}
+SESSIONS=${SESSIONS:-20}
+ROUNDS=${ROUNDS:-5}
+CONNS=${CONNS:-50}
+IDLE=${IDLE:-3}
+command -v wrk >/dev/null || die "wrk is needed (apt-get install wrk)"
+command -v dockerd >/dev/null || die "dockerd is needed (apt-get install docker.io)"
+[ -x /usr/sbin/nginx ] || die "nginx is needed (apt-get install nginx-light)"
+
+log "building tether-relay and tether-bridge (release)"
+swift_build "$ROOT_DIR" -c release --product tether-relay || die "build failed"
+swift_build "$ROOT_DIR" -c release --product tether-bridge || die "build failed"
+
+WORK=$(mktemp -d /tmp/tib.XXXXXX)
+PIDS=()
+DOCKERD_PID=""
+cleanup() {
+    for p in "${PIDS[@]}"; do stop_process "$p"; done
+    if [ -n "$DOCKERD_PID" ]; then
+        docker rm -f $(docker ps -aq) >/dev/null 2>&1 || true
+        stop_process "$DOCKERD_PID"
+        umount -R "$WORK/exec" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# -- origin ------------------------------------------------------------------------------------
+mkdir -p "$WORK/www" "$WORK/nginx"
+head -c 1024 /dev/urandom > "$WORK/www/1k"
+head -c 65536 /dev/urandom > "$WORK/www/64k"
+truncate -s 1G "$WORK/www/1g"
+chmod -R a+rX "$WORK"
+NGINX_PORT=$(free_port)
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/nginx/body;
+    proxy_temp_path $WORK/nginx/proxy;
+    fastcgi_temp_path $WORK/nginx/fastcgi;
+    uwsgi_temp_path $WORK/nginx/uwsgi;
+    scgi_temp_path $WORK/nginx/scgi;
+    server { listen 127.0.0.1:$NGINX_PORT; root $WORK/www; }
+}
+CONF
+/usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
+PIDS+=($!)
+for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$NGINX_PORT/1k" && break; sleep 0.05; done
+
+# -- engine and image --------------------------------------------------------------------------
+export DOCKER_HOST="unix://$WORK/docker.sock"
+log "starting dockerd ($DOCKER_HOST)"
+dockerd --host "$DOCKER_HOST" --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" \
+    --storage-driver overlay2 --bridge=none --iptables=false --ip-forward=false --ip-masq=false \
+    --userland-proxy=false > "$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+for _ in $(seq 200); do curl -s --unix-socket "$WORK/docker.sock" http://docker/_ping 2>/dev/null | grep -q OK && break; sleep 0.05; done
+"$ROOT_DIR/deploy/docker/build-image.sh" "$ROOT_BIN/tether-relay" tether-session:bench >&2
+
+SECRET="bench-secret-0123456789"
+COMMON=(--workers 2 --jwt-secret "$SECRET" --log-level warning --audit-log off --rate-limit 0 --bandwidth-limit 0
+        --max-streams 4096 --max-bridges 8)
+
+start_relay() {  # NAME PORT ADMIN_PORT ARGS...
+    local name=$1 port=$2 admin=$3; shift 3
+    "$ROOT_BIN/tether-relay" --port "$port" --admin-port "$admin" "${COMMON[@]}" "$@" > "$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    echo $!
+    for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$port/health" && return 0; sleep 0.05; done
+    die "relay $name did not start: $(tail -5 "$WORK/$name.log")"
+}
+
+declare -A BRIDGE_PID
+start_bridge() {  # RELAY_PORT USER
+    local dir="$WORK/bridges/$2"
+    mkdir -p "$dir"
+    "$ROOT_BIN/tether-relay" token --sub "$2" --ttl 2h --jwt-secret "$SECRET" > "$dir/token"
+    "$ROOT_BIN/tether-bridge" --relay "ws://127.0.0.1:$1" --token-file "$dir/token" \
+        --target "http://127.0.0.1:$NGINX_PORT" --status-file "$dir/status.json" --log-level warning \
+        > "$dir/bridge.log" 2>&1 &
+    PIDS+=($!)
+    BRIDGE_PID[$2]=$!
+}
+
+wait_bridges() {  # USERS...
+    local u
+    for u in "$@"; do
+        for _ in $(seq 400); do grep -q '"connected"' "$WORK/bridges/$u/status.json" 2>/dev/null && break; sleep 0.05; done
+        grep -q '"connected"' "$WORK/bridges/$u/status.json" || die "bridge $u did not connect: $(tail -3 "$WORK/bridges/$u/bridge.log")"
+    done
+}
+
+containers() { docker ps -q --filter label=tether.relay=bench | wc -l; }
+wait_containers() {  # COUNT
+    for _ in $(seq 600); do [ "$(containers)" -eq "$1" ] && return 0; sleep 0.1; done
+    die "expected $1 containers, have $(containers)"
+}
+mem_available_kib() { awk '/MemAvailable/ { print $2 }' /proc/meminfo; }
+
+# -- 1. cold start -----------------------------------------------------------------------------
+ISO_PORT=$(free_port); ISO_ADMIN=$(free_port)
+ISO_PID=$(start_relay isolated "$ISO_PORT" "$ISO_ADMIN" --isolation docker --docker-socket "$WORK/docker.sock" \
+    --isolation-image tether-session:bench --isolation-run-dir "$WORK/run" --isolation-instance bench \
+    --session-idle-timeout "$IDLE")
+USERS=()
+for i in $(seq 1 "$SESSIONS"); do USERS+=("bench-$i"); start_bridge "$ISO_PORT" "bench-$i"; done
+wait_bridges "${USERS[@]}"
+log "$SESSIONS bridges connected; their containers start, then park after ${IDLE}s idle"
+wait_containers "$SESSIONS"
+wait_containers 0
+MEM_BEFORE=$(mem_available_kib)
+: > "$WORK/ttfb.txt"
+for round in $(seq 1 "$ROUNDS"); do
+    CURLS=()
+    for u in "${USERS[@]}"; do
+        curl -s -o /dev/null -w '%{time_starttransfer} %{http_code}\n' \
+            -H "Authorization: Bearer $(cat "$WORK/bridges/$u/token")" "http://127.0.0.1:$ISO_PORT/api/ollama/1k" \
+            >> "$WORK/ttfb.txt" &
+        CURLS+=($!)
+    done
+    for j in "${CURLS[@]}"; do wait "$j" || true; done
+    log "cold-start round $round/$ROUNDS done"
+    if [ "$round" -eq 1 ]; then
+        # -- 2. memory of idle containers (measured now, between requests and the park) ---------
+        sleep 1
+        MEM_WITH=$(mem_available_kib)
+        WORKER_KIB=0; SHIM_KIB=0; N=0
+        for id in $(docker ps -q --no-trunc --filter label=tether.relay=bench); do
+            pid=$(docker inspect --format '{{.State.Pid}}' "$id")
+            cg=$(awk -F'::' '/^0::/ { print $2 }' "/proc/$pid/cgroup")
+            cur=$(cat "/sys/fs/cgroup$cg/memory.current" 2>/dev/null || echo 0)
+            WORKER_KIB=$((WORKER_KIB + cur / 1024))
+            shim=$(ps -eo pid=,rss=,args= | awk -v id="$id" 'index($0, "containerd-shim") && index($0, id) { s += $2 } END { print s + 0 }')
+            SHIM_KIB=$((SHIM_KIB + shim))
+            N=$((N + 1))
+        done
+    fi
+    [ "$round" -lt "$ROUNDS" ] && wait_containers 0
+done
+STATS=$(python3 - "$WORK/ttfb.txt" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+ok = sorted(float(t) * 1000 for t, code in rows if code == "200")
+bad = sum(1 for _, code in rows if code != "200")
+def pct(p):
+    return ok[min(len(ok) - 1, max(0, int(round(p / 100 * len(ok) + 0.5)) - 1))]
+print(f"{len(ok)} {bad} {pct(50):.0f} {pct(90):.0f} {pct(99):.0f} {ok[-1]:.0f} {ok[0]:.0f}")
+PY
+)
+read -r TTFB_N TTFB_BAD TTFB_P50 TTFB_P90 TTFB_P99 TTFB_MAX TTFB_MIN <<< "$STATS"
+START_P=$(curl -s "http://127.0.0.1:$ISO_ADMIN/metrics" | awk '/^tether_isolation_starts_in_progress_max / { print $2 }')
+
+# -- 3. throughput: one session, isolated vs in process ----------------------------------------
+rps() { awk '/Requests\/sec/ { print $2 }'; }
+run_throughput() {  # LABEL PORT TOKEN_FILE PID
+    local auth="Authorization: Bearer $(cat "$3")" url="http://127.0.0.1:$2/api/ollama" c0 c1 w0 w1
+    curl -fsS -o /dev/null -H "$auth" "$url/1k" || die "$1: request failed"
+    c0=$(cpu_ticks "$4"); w0=$(worker_ticks)
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "$auth" "$url/1k" > "$WORK/$1-1k.txt"
+    c1=$(cpu_ticks "$4"); w1=$(worker_ticks)
+    echo "$(rps < "$WORK/$1-1k.txt") $((c1 - c0)) $((w1 - w0))" > "$WORK/$1-1k.sum"
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "$auth" "$url/64k" > "$WORK/$1-64k.txt"
+    curl -s -o /dev/null -w '%{speed_download}' -H "$auth" "$url/1g" > "$WORK/$1-1g.txt"
+}
+SOLO_SESSION=$(python3 -c 'import hashlib, sys; s = sys.argv[1].encode(); print(hashlib.sha256(b"tether-session-v1\0" + (0).to_bytes(4, "big") + len(s).to_bytes(4, "big") + s).hexdigest())' bench-1)
+worker_ticks() {  # CPU of bench-1's worker (0 when not isolated)
+    local pid
+    pid=$(docker inspect --format '{{.State.Pid}}' "tether-session-$SOLO_SESSION" 2>/dev/null) || { echo 0; return; }
+    [ "$pid" -gt 0 ] 2>/dev/null || { echo 0; return; }
+    cpu_ticks "$pid"
+}
+# Only bench-1 stays: the other bridges go, their sessions and containers after them.
+log "throughput through one docker-isolated session"
+for u in "${USERS[@]:1}"; do stop_process "${BRIDGE_PID[$u]}"; done
+curl -fsS -o /dev/null -H "Authorization: Bearer $(cat "$WORK/bridges/bench-1/token")" "http://127.0.0.1:$ISO_PORT/api/ollama/1k"
+wait_containers 1
+run_throughput isolated "$ISO_PORT" "$WORK/bridges/bench-1/token" "$ISO_PID"
+stop_process "$ISO_PID"
+
+log "throughput through the same session in process"
+PROC_PORT=$(free_port); PROC_ADMIN=$(free_port)
+PROC_PID=$(start_relay inprocess "$PROC_PORT" "$PROC_ADMIN")
+start_bridge "$PROC_PORT" solo
+wait_bridges solo
+run_throughput inprocess "$PROC_PORT" "$WORK/bridges/solo/token" "$PROC_PID"
+
+read -r ISO_1K ISO_CPU ISO_WCPU < "$WORK/isolated-1k.sum"
+read -r PROC_1K PROC_CPU _ < "$WORK/inprocess-1k.sum"
+ISO_64K=$(rps < "$WORK/isolated-64k.txt"); PROC_64K=$(rps < "$WORK/inprocess-64k.txt")
+ISO_1G=$(cat "$WORK/isolated-1g.txt"); PROC_1G=$(cat "$WORK/inprocess-1g.txt")
+TICKS=$(getconf CLK_TCK)
+pct_core() { awk -v t="$1" -v h="$TICKS" -v d="$DURATION" 'BEGIN { printf "%.0f%%", 100 * t / h / d }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+mib() { awk -v k="$1" -v n="$2" 'BEGIN { printf "%.1f MiB", k / n / 1024 }'; }
+
+OUT="$BENCH_DIR/results/isolation.md"
+{
+    echo "# Docker isolation benchmark ($(date -u +%Y-%m-%d))"
+    echo
+    machine_description
+    echo "- Docker: $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
+    echo
+    echo "Command: \`Benchmarks/isolation.sh $DURATION\` (SESSIONS=$SESSIONS ROUNDS=$ROUNDS CONNS=$CONNS IDLE=$IDLE);"
+    echo "relay 2 workers, release build; one tether-bridge per session, nginx as the local service; isolation defaults"
+    echo "(512 MiB, 0.5 CPU, 8 container starts at once). All on one machine."
+    echo
+    echo "## Cold start: $SESSIONS parked sessions, one request each at the same moment"
+    echo
+    echo "Request sent → first response byte (curl time_starttransfer), $TTFB_N requests over $ROUNDS rounds ($TTFB_BAD not 200):"
+    echo
+    echo "| p50 | p90 | p99 | max | min |"
+    echo "|---|---|---|---|---|"
+    echo "| ${TTFB_P50} ms | ${TTFB_P90} ms | ${TTFB_P99} ms | ${TTFB_MAX} ms | ${TTFB_MIN} ms |"
+    echo
+    echo "Most container starts in flight at once: ${START_P:-?} (cap 8)."
+    echo
+    echo "## Host memory per idle container ($N containers)"
+    echo
+    echo "| worker (cgroup memory.current) | containerd-shim RSS | MemAvailable drop |"
+    echo "|---|---|---|"
+    echo "| $(mib "$WORKER_KIB" "$N") | $(mib "$SHIM_KIB" "$N") | $(mib $((MEM_BEFORE - MEM_WITH)) "$N") |"
+    echo
+    echo "## One session's throughput (wrk -t1 -c$CONNS, ${DURATION}s)"
+    echo
+    echo "| | docker-isolated | in process | ratio |"
+    echo "|---|---|---|---|"
+    echo "| 1 KiB responses, requests/s | $ISO_1K | $PROC_1K | $(ratio "$ISO_1K" "$PROC_1K") |"
+    echo "| 64 KiB responses, requests/s | $ISO_64K | $PROC_64K | $(ratio "$ISO_64K" "$PROC_64K") |"
+    echo "| 1 GiB download, MB/s | $(awk -v b="$ISO_1G" 'BEGIN { printf "%.0f", b / 1e6 }') | $(awk -v b="$PROC_1G" 'BEGIN { printf "%.0f", b / 1e6 }') | $(ratio "$ISO_1G" "$PROC_1G") |"
+    echo "| CPU during the 1 KiB run | relay $(pct_core "$ISO_CPU") + worker $(pct_core "$ISO_WCPU") | relay $(pct_core "$PROC_CPU") | |"
+} > "$OUT"
+cat "$OUT"
