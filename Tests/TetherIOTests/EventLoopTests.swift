@@ -223,6 +223,25 @@ final class EventLoopTests: XCTestCase {
         group.shutdown()
     }
 
+    /// runSoon work runs on the loop after the current job returns, in order, even when the
+    /// loop would otherwise sleep.
+    func testRunSoonRunsAfterTheCallerReturns() throws {
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { _ in }
+        let log = Box<[String]>([])
+        group.handles[0].execute { loop in
+            loop.runSoon {
+                log.with { $0.append("soon 1") }
+                loop.runSoon { log.with { $0.append("soon 3 (queued by soon 1)") } }
+            }
+            loop.runSoon { log.with { $0.append("soon 2") } }
+            log.with { $0.append("caller") }
+        }
+        XCTAssertTrue(waitUntil(timeout: 10) { log.get.count == 4 })
+        XCTAssertEqual(log.get, ["caller", "soon 1", "soon 2", "soon 3 (queued by soon 1)"])
+        group.shutdown()
+    }
+
     func testTimerWheelOrdersManyDeadlines() {
         var wheel = TimerWheel(nowMilliseconds: 1_000)
         var ids: [TimerID] = []
