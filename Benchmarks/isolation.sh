@@ -16,7 +16,7 @@ DURATION=${1:-10}
 SESSIONS=${SESSIONS:-20}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-50}
-IDLE=${IDLE:-3}
+IDLE=${IDLE:-4}
 command -v wrk >/dev/null || die "wrk is needed (apt-get install wrk)"
 command -v dockerd >/dev/null || die "dockerd is needed (apt-get install docker.io)"
 [ -x /usr/sbin/nginx ] || die "nginx is needed (apt-get install nginx-light)"
@@ -117,8 +117,60 @@ wait_containers() {  # COUNT
     die "expected $1 containers, have $(containers)"
 }
 mem_available_kib() { awk '/MemAvailable/ { print $2 }' /proc/meminfo; }
+# Bytes charged to a process's memory cgroup (v2 memory.current, or v1 memory.usage_in_bytes).
+cgroup_memory() {  # PID
+    local v2 v1
+    v2=$(awk -F: '$1 == "0" && $2 == "" { print $3 }' "/proc/$1/cgroup")
+    if [ -n "$v2" ] && [ -r "/sys/fs/cgroup$v2/memory.current" ]; then cat "/sys/fs/cgroup$v2/memory.current"; return; fi
+    v1=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ { print $3 }' "/proc/$1/cgroup")
+    if [ -n "$v1" ] && [ -r "/sys/fs/cgroup/memory$v1/memory.usage_in_bytes" ]; then cat "/sys/fs/cgroup/memory$v1/memory.usage_in_bytes"; return; fi
+    echo 0
+}
+
+# The engine alone, no Tether: SESSIONS containers of the same definition created and started
+# at once through the API, until each worker's socket exists. The floor of any cold start.
+engine_baseline() {
+    python3 - "$WORK/docker.sock" "$SESSIONS" "$WORK/baseline" <<'PY'
+import http.client, json, os, socket, sys, threading, time, hashlib
+sock, n, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.makedirs(run, exist_ok=True)
+class C(http.client.HTTPConnection):
+    def __init__(self): super().__init__("docker", timeout=120)
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sock)
+def call(method, path, body=None):
+    c = C(); c.request(method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"})
+    r = c.getresponse(); data = r.read(); c.close(); return r.status, data
+times, ids = [], []
+def one(i):
+    sid = hashlib.sha256(f"baseline-{i}".encode()).hexdigest()
+    d = f"{run}/{sid}"; os.makedirs(d); os.chown(d, -1, 1001); os.chmod(d, 0o770)
+    spec = {"Image": "tether-session:bench", "User": "1001:1001", "NetworkDisabled": True,
+            "Cmd": ["/tether-relay", "session-worker", "--socket", "/run/tether/worker.sock", "--session", sid],
+            "Labels": {"tether.relay": "baseline"},
+            "HostConfig": {"NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"],
+                           "SecurityOpt": ["no-new-privileges"], "Memory": 512 << 20, "MemorySwap": 512 << 20,
+                           "NanoCpus": 500000000, "PidsLimit": 64, "IpcMode": "private",
+                           "Ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}], "Binds": [f"{d}:/run/tether"]}}
+    t0 = time.monotonic()
+    _, data = call("POST", f"/v1.41/containers/create?name=baseline-{i}", spec)
+    cid = json.loads(data)["Id"]; ids.append(cid)
+    call("POST", f"/v1.41/containers/{cid}/start")
+    while not os.path.exists(f"{d}/worker.sock"):
+        time.sleep(0.001)
+    times.append((time.monotonic() - t0) * 1000)
+threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+for cid in ids: call("DELETE", f"/v1.41/containers/{cid}?force=true")
+times.sort()
+print(f"{times[len(times) // 2]:.0f} {times[-1]:.0f}")
+PY
+}
 
 # -- 1. cold start -----------------------------------------------------------------------------
+log "engine baseline: $SESSIONS containers created and started at once, no Tether"
+read -r BASE_P50 BASE_MAX <<< "$(engine_baseline)"
 ISO_PORT=$(free_port); ISO_ADMIN=$(free_port)
 ISO_PID=$(start_relay isolated "$ISO_PORT" "$ISO_ADMIN" --isolation docker --docker-socket "$WORK/docker.sock" \
     --isolation-image tether-session:bench --isolation-run-dir "$WORK/run" --isolation-instance bench \
@@ -143,13 +195,13 @@ for round in $(seq 1 "$ROUNDS"); do
     log "cold-start round $round/$ROUNDS done"
     if [ "$round" -eq 1 ]; then
         # -- 2. memory of idle containers (measured now, between requests and the park) ---------
-        sleep 1
+        sleep 0.5
         MEM_WITH=$(mem_available_kib)
         WORKER_KIB=0; SHIM_KIB=0; N=0
         for id in $(docker ps -q --no-trunc --filter label=tether.relay=bench); do
-            pid=$(docker inspect --format '{{.State.Pid}}' "$id")
-            cg=$(awk -F'::' '/^0::/ { print $2 }' "/proc/$pid/cgroup")
-            cur=$(cat "/sys/fs/cgroup$cg/memory.current" 2>/dev/null || echo 0)
+            pid=$(docker inspect --format '{{.State.Pid}}' "$id" 2>/dev/null) || continue
+            [ "$pid" -gt 0 ] 2>/dev/null || continue
+            cur=$(cgroup_memory "$pid")
             WORKER_KIB=$((WORKER_KIB + cur / 1024))
             shim=$(ps -eo pid=,rss=,args= | awk -v id="$id" 'index($0, "containerd-shim") && index($0, id) { s += $2 } END { print s + 0 }')
             SHIM_KIB=$((SHIM_KIB + shim))
@@ -170,6 +222,16 @@ PY
 )
 read -r TTFB_N TTFB_BAD TTFB_P50 TTFB_P90 TTFB_P99 TTFB_MAX TTFB_MIN <<< "$STATS"
 START_P=$(curl -s "http://127.0.0.1:$ISO_ADMIN/metrics" | awk '/^tether_isolation_starts_in_progress_max / { print $2 }')
+
+log "cold start of one session alone ($ROUNDS rounds)"
+: > "$WORK/ttfb1.txt"
+for round in $(seq 1 "$ROUNDS"); do
+    wait_containers 0
+    curl -s -o /dev/null -w '%{time_starttransfer} %{http_code}\n' \
+        -H "Authorization: Bearer $(cat "$WORK/bridges/bench-1/token")" "http://127.0.0.1:$ISO_PORT/api/ollama/1k" >> "$WORK/ttfb1.txt"
+done
+SINGLE=$(python3 -c 'import sys; v = sorted(float(l.split()[0]) * 1000 for l in open(sys.argv[1]) if l.strip()); print(f"{v[len(v) // 2]:.0f} {v[-1]:.0f}")' "$WORK/ttfb1.txt")
+read -r SINGLE_P50 SINGLE_MAX <<< "$SINGLE"
 
 # -- 3. throughput: one session, isolated vs in process ----------------------------------------
 rps() { awk '/Requests\/sec/ { print $2 }'; }
@@ -234,6 +296,11 @@ OUT="$BENCH_DIR/results/isolation.md"
     echo "| ${TTFB_P50} ms | ${TTFB_P90} ms | ${TTFB_P99} ms | ${TTFB_MAX} ms | ${TTFB_MIN} ms |"
     echo
     echo "Most container starts in flight at once: ${START_P:-?} (cap 8)."
+    echo
+    echo "One parked session alone, $ROUNDS times: median ${SINGLE_P50} ms, slowest ${SINGLE_MAX} ms."
+    echo
+    echo "The engine alone, same container definition, $SESSIONS created and started at once through the API"
+    echo "until each worker's socket exists (no Tether, no cap): median ${BASE_P50} ms, slowest ${BASE_MAX} ms."
     echo
     echo "## Host memory per idle container ($N containers)"
     echo

@@ -18,7 +18,10 @@ final class WorkerLink: ConnectionHandler, Bridge {
     private weak var connection: Connection?
     private var request: [UInt8]
     private let chunked: Bool
-    private var decoder = HTTPResponseDecoder()
+    /// Responses are as large as the bridge makes them (no total limit, as through a tunnel);
+    /// heads are bounded by what a tunnel carries (MAX_HEAD_SIZE), not by the request limits.
+    private var decoder = HTTPResponseDecoder(limits: HTTPLimits(maxRequestLineLength: 8192, maxHeaderBytes: 1 << 20,
+                                                                 maxHeaderCount: 10_000, maxBodySize: Int.max))
     private var opened = false
     private var requestEnded: Bool
     private var endQueued = false

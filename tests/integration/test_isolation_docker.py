@@ -211,13 +211,27 @@ async def await_until(predicate, timeout: float, what: str, interval: float = 0.
 # --------------------------------------------------------------------------------------------
 
 
+def handler_with_headers(name: str):
+    """make_handler's paths, plus /headers/<n>: an empty answer with n extra header fields."""
+    base = make_handler(name)
+
+    async def handler(s):
+        if s.path.startswith("/headers/"):
+            n = int(s.path.split("/")[2])
+            await s.respond(200, [("x-bridge", name)] + [(f"x-field-{i}", "v" * 40) for i in range(n)])
+        else:
+            await base(s)
+
+    return handler
+
+
 def test_streaming_through_a_container_parked_when_idle_and_revived(iso_relay, docker_engine, mint_token):
     relay = iso_relay("--session-idle-timeout", "2", "--tunnel-ping-interval", "0.5")
     tok = mint_token("alice")
     sid = session_id("alice")
 
     async def main():
-        async with bridge(relay, tok, name="alice-desk") as b:
+        async with bridge(relay, tok, handler=handler_with_headers("alice-desk"), name="alice-desk") as b:
             await wait_bridges(relay, tok, 1)
             # The bridge's connect started the container.
             await await_until(lambda: session_containers(docker_engine, "alice"), 15, "alice's container")
@@ -229,9 +243,12 @@ def test_streaming_through_a_container_parked_when_idle_and_revived(iso_relay, d
             rs.close()
             assert len(arrivals) == 5 and arrivals[-1] - arrivals[0] > 0.9, arrivals
 
-            # Byte-exact both ways, larger than every window on the way.
-            r = await http(relay, "GET", "/api/ollama/blob/7000000/3", tok)
-            assert r.status == 200 and r.body == blob(7_000_000, 3), r.describe()
+            # Byte-exact both ways, larger than every window on the way (and than the request
+            # body limit: responses have none).
+            r = await http(relay, "GET", "/api/ollama/blob/24000000/3", tok, timeout=60)
+            assert r.status == 200 and r.body == blob(24_000_000, 3), r.describe()
+            r = await http(relay, "GET", "/api/ollama/headers/300", tok)
+            assert r.status == 200 and sum(1 for k, _ in r.headers if k.startswith("x-field-")) == 300, r.describe()
             upload = blob(3_000_000, 4)
             r = await http(relay, "POST", "/api/ollama/echo", tok, body=upload)
             assert r.status == 200 and r.body == upload, r.describe()
@@ -301,12 +318,30 @@ def test_legacy_bridge_through_a_container_and_a_park(iso_relay, docker_engine, 
 # --------------------------------------------------------------------------------------------
 
 
-def _cgroup_dir(pid: int) -> Path | None:
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            path = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
-            return path if path.is_dir() else None
-    return None
+def _cgroup_limits(pid: int) -> dict[str, str]:
+    """memory, pids and cpu limits of a process's cgroups, v2 or v1 (whatever the host runs)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    out = {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":
+            base = Path("/sys/fs/cgroup") / path
+            if (base / "memory.max").exists():
+                out["memory"] = (base / "memory.max").read_text().strip()
+                out["pids"] = (base / "pids.max").read_text().strip()
+                quota, period = (base / "cpu.max").read_text().split()
+                out["cpu"] = f"{quota}/{period}"
+            continue
+        for controller in controllers.split(","):
+            base = Path("/sys/fs/cgroup") / controller / path
+            if controller == "memory" and (base / "memory.limit_in_bytes").exists():
+                out["memory"] = (base / "memory.limit_in_bytes").read_text().strip()
+            elif controller == "pids" and (base / "pids.max").exists():
+                out["pids"] = (base / "pids.max").read_text().strip()
+            elif controller == "cpu" and (base / "cpu.cfs_quota_us").exists():
+                out["cpu"] = f"{(base / 'cpu.cfs_quota_us').read_text().strip()}/{(base / 'cpu.cfs_period_us').read_text().strip()}"
+    return out
 
 
 def test_limits_are_applied_to_the_container(iso_relay, docker_engine, mint_token):
@@ -344,11 +379,7 @@ def test_limits_are_applied_to_the_container(iso_relay, docker_engine, mint_toke
             assert status["Uid"].split()[:2] == ["1001", "1001"] and status["Gid"].split()[:2] == ["1001", "1001"]
             assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0
             assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
-            cg = _cgroup_dir(pid)
-            if cg is not None:
-                assert (cg / "memory.max").read_text().strip() == str(256 * MiB)
-                assert (cg / "pids.max").read_text().strip() == "48"
-                assert (cg / "cpu.max").read_text().split() == ["50000", "100000"]
+            assert _cgroup_limits(pid) == {"memory": str(256 * MiB), "pids": "48", "cpu": "50000/100000"}
             # No network interface but loopback inside.
             net = Path(f"/proc/{pid}/net/dev").read_text()
             assert [ln.split(":")[0].strip() for ln in net.splitlines()[2:]] == ["lo"], net
