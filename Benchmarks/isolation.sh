@@ -7,7 +7,8 @@
 #      containerd-shim for it, and the drop of MemAvailable per container;
 #   3. one session's throughput, docker-isolated vs in-process: wrk with 1 KiB and 64 KiB
 #      responses and one 1 GiB download, relay + tether-bridge + nginx, same flags otherwise.
-# Usage: Benchmarks/isolation.sh [DURATION_SECONDS] (default 10); SESSIONS=20 ROUNDS=5 CONNS=50.
+# Usage: Benchmarks/isolation.sh [DURATION_SECONDS] (default 10); SESSIONS=20 ROUNDS=5 CONNS=50
+# MAX_STARTS=8 (isolation.max_concurrent_starts) IDLE=4 (sessions.idle_timeout, seconds).
 # Starts its own dockerd on a private socket and data root (like the tests) and builds the
 # session image with deploy/docker/build-image.sh. Writes Benchmarks/results/isolation.md.
 set -euo pipefail
@@ -17,6 +18,7 @@ SESSIONS=${SESSIONS:-20}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-50}
 IDLE=${IDLE:-4}
+MAX_STARTS=${MAX_STARTS:-8}
 command -v wrk >/dev/null || die "wrk is needed (apt-get install wrk)"
 command -v dockerd >/dev/null || die "dockerd is needed (apt-get install docker.io)"
 [ -x /usr/sbin/nginx ] || die "nginx is needed (apt-get install nginx-light)"
@@ -111,7 +113,7 @@ wait_bridges() {  # USERS...
     done
 }
 
-containers() { docker ps -q --filter label=tether.relay=bench | wc -l; }
+containers() { docker ps -aq --filter label=tether.relay=bench | wc -l; }
 wait_containers() {  # COUNT
     for _ in $(seq 600); do [ "$(containers)" -eq "$1" ] && return 0; sleep 0.1; done
     die "expected $1 containers, have $(containers)"
@@ -174,7 +176,7 @@ read -r BASE_P50 BASE_MAX <<< "$(engine_baseline)"
 ISO_PORT=$(free_port); ISO_ADMIN=$(free_port)
 ISO_PID=$(start_relay isolated "$ISO_PORT" "$ISO_ADMIN" --isolation docker --docker-socket "$WORK/docker.sock" \
     --isolation-image tether-session:bench --isolation-run-dir "$WORK/run" --isolation-instance bench \
-    --session-idle-timeout "$IDLE")
+    --isolation-max-starts "$MAX_STARTS" --session-idle-timeout "$IDLE")
 USERS=()
 for i in $(seq 1 "$SESSIONS"); do USERS+=("bench-$i"); start_bridge "$ISO_PORT" "bench-$i"; done
 wait_bridges "${USERS[@]}"
@@ -283,9 +285,9 @@ OUT="$BENCH_DIR/results/isolation.md"
     machine_description
     echo "- Docker: $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
     echo
-    echo "Command: \`Benchmarks/isolation.sh $DURATION\` (SESSIONS=$SESSIONS ROUNDS=$ROUNDS CONNS=$CONNS IDLE=$IDLE);"
+    echo "Command: \`Benchmarks/isolation.sh $DURATION\` (SESSIONS=$SESSIONS ROUNDS=$ROUNDS CONNS=$CONNS IDLE=$IDLE MAX_STARTS=$MAX_STARTS);"
     echo "relay 2 workers, release build; one tether-bridge per session, nginx as the local service; isolation defaults"
-    echo "(512 MiB, 0.5 CPU, 8 container starts at once). All on one machine."
+    echo "(512 MiB, 0.5 CPU) with $MAX_STARTS container starts at once. All on one machine."
     echo
     echo "## Cold start: $SESSIONS parked sessions, one request each at the same moment"
     echo
@@ -295,7 +297,7 @@ OUT="$BENCH_DIR/results/isolation.md"
     echo "|---|---|---|---|---|"
     echo "| ${TTFB_P50} ms | ${TTFB_P90} ms | ${TTFB_P99} ms | ${TTFB_MAX} ms | ${TTFB_MIN} ms |"
     echo
-    echo "Most container starts in flight at once: ${START_P:-?} (cap 8)."
+    echo "Most container starts in flight at once: ${START_P:-?} (cap $MAX_STARTS)."
     echo
     echo "One parked session alone, $ROUNDS times: median ${SINGLE_P50} ms, slowest ${SINGLE_MAX} ms."
     echo
