@@ -601,6 +601,31 @@ def test_a_container_killed_from_outside_is_noticed_and_replaced(iso_relay, dock
     run(main(), timeout=90)
 
 
+def test_sigterm_drains_through_the_worker_and_leaves_no_container(iso_relay, docker_engine, mint_token):
+    relay = iso_relay("--drain-timeout", "15", instance="drainer")
+    tok = mint_token("drained")
+
+    async def main():
+        async with bridge(relay, tok) as b:
+            assert (await http(relay, "GET", "/api/ollama/info", tok)).status == 200
+            rs = await open_request(relay.port, "GET", "/api/ollama/chunks/8/250", bearer(tok))
+            relay.send_signal(signal.SIGTERM)
+            # The worker holds the tunnel: it sends the GOAWAY the relay asks for.
+            await asyncio.wait_for(b.goaway_event.wait(), 5)
+            lines = [line async for line, _ in rs.iter_lines()]
+            assert len(lines) == 8, lines
+            rs.close()
+            await asyncio.wait_for(b.closed.wait(), 20)
+            assert b.close_code == 1001, (b.close_code, b.close_reason)
+            b.assert_clean()
+
+    run(main(), timeout=60)
+    assert relay.proc.wait(30) == 0
+    relay.expected_exit = True
+    assert docker_engine.containers("tether.relay=drainer") == [], "a container outlived its relay"
+    assert os.listdir(relay.run_dir) == [], "a session directory outlived its relay"
+
+
 def test_missing_image_is_a_clear_503(iso_relay, mint_token):
     relay = iso_relay("--isolation-image", "tether-session:does-not-exist")
     tok = mint_token("imageless")
