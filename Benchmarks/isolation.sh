@@ -84,11 +84,12 @@ SECRET="bench-secret-0123456789"
 COMMON=(--workers 2 --jwt-secret "$SECRET" --log-level warning --audit-log off --rate-limit 0 --bandwidth-limit 0
         --max-streams 4096 --max-bridges 8)
 
+# Sets RELAY_PID (not a subshell: the cleanup must know every process started).
 start_relay() {  # NAME PORT ADMIN_PORT ARGS...
     local name=$1 port=$2 admin=$3; shift 3
     "$ROOT_BIN/tether-relay" --port "$port" --admin-port "$admin" "${COMMON[@]}" "$@" > "$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-    echo $!
+    RELAY_PID=$!
+    PIDS+=($RELAY_PID)
     for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$port/health" && return 0; sleep 0.05; done
     die "relay $name did not start: $(tail -5 "$WORK/$name.log")"
 }
@@ -174,9 +175,10 @@ PY
 log "engine baseline: $SESSIONS containers created and started at once, no Tether"
 read -r BASE_P50 BASE_MAX <<< "$(engine_baseline)"
 ISO_PORT=$(free_port); ISO_ADMIN=$(free_port)
-ISO_PID=$(start_relay isolated "$ISO_PORT" "$ISO_ADMIN" --isolation docker --docker-socket "$WORK/docker.sock" \
+start_relay isolated "$ISO_PORT" "$ISO_ADMIN" --isolation docker --docker-socket "$WORK/docker.sock" \
     --isolation-image tether-session:bench --isolation-run-dir "$WORK/run" --isolation-instance bench \
-    --isolation-max-starts "$MAX_STARTS" --session-idle-timeout "$IDLE")
+    --isolation-max-starts "$MAX_STARTS" --session-idle-timeout "$IDLE"
+ISO_PID=$RELAY_PID
 USERS=()
 for i in $(seq 1 "$SESSIONS"); do USERS+=("bench-$i"); start_bridge "$ISO_PORT" "bench-$i"; done
 wait_bridges "${USERS[@]}"
@@ -264,7 +266,8 @@ stop_process "$ISO_PID"
 
 log "throughput through the same session in process"
 PROC_PORT=$(free_port); PROC_ADMIN=$(free_port)
-PROC_PID=$(start_relay inprocess "$PROC_PORT" "$PROC_ADMIN")
+start_relay inprocess "$PROC_PORT" "$PROC_ADMIN"
+PROC_PID=$RELAY_PID
 start_bridge "$PROC_PORT" solo
 wait_bridges solo
 run_throughput inprocess "$PROC_PORT" "$WORK/bridges/solo/token" "$PROC_PID"
