@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "TetherAuth", targets: ["TetherAuth"]),
         .library(name: "TetherQuota", targets: ["TetherQuota"]),
         .library(name: "TetherMetrics", targets: ["TetherMetrics"]),
+        .library(name: "TetherIsolation", targets: ["TetherIsolation"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -65,21 +66,25 @@ let package = Package(
         // io_uring I/O core: rings, provided buffers, sockets, timers, TLS streams.
         .target(name: "TetherIO", dependencies: ["CURing", "TetherTLS"]),
 
+        // The Docker isolation mode's wire formats and engine client: the relay ↔ session-worker
+        // preamble and control messages (sans-I/O) and a blocking Docker Engine API client.
+        .target(name: "TetherIsolation", dependencies: ["TetherHTTP", "TetherTunnel", "TetherQuota", "TetherIO", "TetherMetrics"]),
+
         // The relay: HTTP routing, WebSocket endpoints, sessions, quotas and tunnels.
         .target(name: "TetherRelay", dependencies: [
             "TetherIO", "TetherHTTP", "TetherWebSocket", "TetherTLS", "TetherTunnel", "TetherAuth", "TetherQuota",
-            "TetherMetrics",
+            "TetherMetrics", "TetherIsolation",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The relay's settings: one registry of every key (file, environment, flag), the YAML
         // loader, validation, --help and docs/CONFIGURATION.md are all derived from it.
         .target(name: "TetherConfig", dependencies: [
-            "TetherRelay", "TetherAuth", "TetherQuota", "TetherTLS",
+            "TetherRelay", "TetherAuth", "TetherQuota", "TetherTLS", "TetherIsolation",
             .product(name: "Yams", package: "Yams"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "tether-relay", dependencies: [
-            "TetherConfig", "TetherRelay", "TetherQuota", "TetherAuth", "CJemalloc",
+            "TetherConfig", "TetherRelay", "TetherQuota", "TetherAuth", "TetherIO", "CJemalloc",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The desktop side: portable (Linux and macOS), so SwiftNIO rather than io_uring.
@@ -111,6 +116,9 @@ let package = Package(
         ]),
         .testTarget(name: "TetherQuotaTests", dependencies: ["TetherQuota"]),
         .testTarget(name: "TetherMetricsTests", dependencies: ["TetherMetrics"]),
+        .testTarget(name: "TetherIsolationTests", dependencies: [
+            "TetherIsolation", "TetherTunnel", "TetherQuota", "TetherHTTP", "TetherIO",
+        ]),
         .testTarget(name: "TetherConfigTests", dependencies: [
             "TetherConfig", "TetherRelay", "TetherQuota",
             .product(name: "Logging", package: "swift-log"),

@@ -69,4 +69,14 @@ public struct Identity: Sendable, Equatable {
         self.expiresAt = expiresAt
         self.tier = tier
     }
+
+    /// An identity vouched for by the relay rather than by a token (a Docker-isolated session's
+    /// worker knows its session id, never the user id).
+    public init(session: SessionID, tier: String? = nil) {
+        self.issuer = ""
+        self.subject = ""
+        self.session = session
+        self.expiresAt = .infinity
+        self.tier = tier
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import TetherAuth
+import TetherIsolation
 import TetherQuota
 import TetherRelay
 import TetherTLS
@@ -37,6 +38,7 @@ struct ConfigurationBuilder {
         checkAdmin()
         checkAuth()
         checkTunnel()
+        checkIsolation()
         buildQuotas()
         buildAudit()
         return draft.relay
@@ -122,6 +124,30 @@ struct ConfigurationBuilder {
         if t.tunnelWindow < t.streamWindow {
             let key = isSet("tunnel.window") || !isSet("tunnel.stream_window") ? "tunnel.window" : "tunnel.stream_window"
             fail(key, "tunnel.window (\(t.tunnelWindow)) must be at least tunnel.stream_window (\(t.streamWindow))")
+        }
+    }
+
+    private mutating func checkIsolation() {
+        let iso = draft.relay.isolation
+        if iso.retryMaxMilliseconds < iso.retryInitialMilliseconds {
+            fail("isolation.retry_max", "must be at least isolation.retry_initial")
+        }
+        guard iso.isDocker else { return }
+        if !iso.runDirectory.hasPrefix("/") {
+            fail("isolation.run_dir", "must be an absolute path, got \(iso.runDirectory)")
+        } else if iso.runDirectory.utf8.count > IsolationSettings.maxRunDirectoryLength {
+            fail("isolation.run_dir", "must be at most \(IsolationSettings.maxRunDirectoryLength) bytes (the session sockets under it must fit a 107-byte unix socket path), got \(iso.runDirectory.utf8.count)")
+        }
+        if iso.userIDs == nil {
+            fail("isolation.user", "must be a numeric uid:gid such as 1001:1001, got \(iso.user)")
+        } else if iso.userIDs?.uid == 0 {
+            warn("isolation.user", "runs the session workers as root inside their containers")
+        }
+        if !iso.dockerSocket.hasPrefix("/") {
+            fail("isolation.docker_socket", "must be the absolute path of the engine's unix socket")
+        }
+        if verifyFiles, let file = iso.seccompProfileFile {
+            _ = checkReadable("isolation.seccomp_profile", file)
         }
     }
 

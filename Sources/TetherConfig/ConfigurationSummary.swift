@@ -33,6 +33,12 @@ extension LoadedConfiguration {
                      + "\(format(d.requestsPerSecond)) req/s, burst \(d.requestBurst)")
         lines.append("limits   body \(c.httpLimits.maxBodySize) B, WebSocket message \(c.webSocketMaxMessage) B, "
                      + "\(c.maxSessions) sessions, \(c.maxConnections.map(String.init) ?? "fd limit − 2%") connections")
+        if c.isolation.isDocker {
+            let i = c.isolation
+            lines.append("isolate  docker: image \(i.image) via \(i.dockerSocket); per container \(i.memoryBytes) B, "
+                         + "\(format(i.cpus)) CPU, \(i.pidsLimit) pids, user \(i.user); at most \(i.maxContainers) containers, "
+                         + "\(i.maxConcurrentStarts) starting at once")
+        }
         var log = "\(c.logging.level), \(c.logging.format.rawValue)"
         for label in c.logging.moduleLevels.keys.sorted() {
             log += ", \(label)=\(c.logging.moduleLevels[label].map { "\($0)" } ?? "")"

@@ -1,4 +1,5 @@
 import Logging
+import TetherIsolation
 import TetherQuota
 import TetherRelay
 
@@ -6,6 +7,7 @@ import TetherRelay
 /// before the file existed; environment variables are TETHER_ + the flag in upper snake case.
 public enum Settings {
     public static let all: [Setting] = listen + tls + admin + auth + jwks + tunnel + limits + sessions + quotas + log + other
+        + isolation
 
     static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
     static let byFlag: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.flag, $0) })
@@ -37,6 +39,7 @@ public enum Settings {
         ("log", "Logging"),
         ("drain", "Graceful shutdown"),
         ("audit", "Audit log"),
+        ("isolation", "Session isolation: in the relay process, or one locked-down Docker container per session (docs/ISOLATION.md); every key takes effect at restart"),
     ]
 
     private static let d = RelayConfiguration()
@@ -312,6 +315,109 @@ public enum Settings {
         Setting("audit.log", flag: "audit-log", .string(allowEmpty: true), default: "-", reload: .restart,
                 "Audit log, JSON lines: - for stdout, off, or a file path (appended).") { c, v in
             if case .string(let s) = v { c.auditLog = s }
+        },
+    ]
+
+    private static let i = IsolationSettings()
+
+    static let isolation: [Setting] = [
+        Setting("isolation.mode", flag: "isolation", .choice(IsolationSettings.Mode.allCases.map(\.rawValue)),
+                default: i.mode.rawValue, reload: .restart,
+                "process: sessions run in the relay; docker: each session's tunnel frames, streams and quotas run in its own container.") { c, v in
+            if case .string(let s) = v, let mode = IsolationSettings.Mode(rawValue: s) { c.relay.isolation.mode = mode }
+        },
+        Setting("isolation.docker_socket", flag: "docker-socket", .string(allowEmpty: false), default: i.dockerSocket,
+                reload: .restart, "Docker Engine API socket (API 1.41, or older down to 1.25, negotiated).") { c, v in
+            if case .string(let s) = v { c.relay.isolation.dockerSocket = s }
+        },
+        Setting("isolation.image", flag: "isolation-image", .string(allowEmpty: false), default: i.image, reload: .restart,
+                "Image of the session containers (built from the relay binary by deploy/docker/build-image.sh).") { c, v in
+            if case .string(let s) = v { c.relay.isolation.image = s }
+        },
+        Setting("isolation.run_dir", flag: "isolation-run-dir", .string(allowEmpty: false), default: i.runDirectory,
+                reload: .restart,
+                "Host directory of the per-session socket directories (at most \(IsolationSettings.maxRunDirectoryLength) bytes: socket paths must fit 107).") { c, v in
+            if case .string(let s) = v { c.relay.isolation.runDirectory = s }
+        },
+        Setting("isolation.instance", flag: "isolation-instance", .string(allowEmpty: false), default: "the host name",
+                reload: .restart,
+                "Value of the tether.relay label: a restarted relay removes the containers carrying its own; relays sharing an engine need different ones.") { c, v in
+            if case .string(let s) = v { c.relay.isolation.instance = s }
+        },
+        Setting("isolation.user", flag: "isolation-user", .string(allowEmpty: false), default: i.user, reload: .restart,
+                "uid:gid (numeric) the worker runs as inside the container.") { c, v in
+            if case .string(let s) = v { c.relay.isolation.user = s }
+        },
+        Setting("isolation.memory", flag: "isolation-memory", .bytes((6 << 20)...Int(Int64.max)), default: "512MiB",
+                reload: .restart, "Memory limit of each container (no swap); the kernel kills a worker above it.") { c, v in
+            if case .integer(let n) = v { c.relay.isolation.memoryBytes = n }
+        },
+        Setting("isolation.cpus", flag: "isolation-cpus", .number(0.01...1024), default: format(i.cpus), reload: .restart,
+                "CPUs each container may use (NanoCpus).") { c, v in
+            if case .number(let n) = v { c.relay.isolation.cpus = n }
+        },
+        Setting("isolation.pids_limit", flag: "isolation-pids-limit", .integer(8...1_000_000), default: "\(i.pidsLimit)",
+                reload: .restart, "Processes and threads per container.") { c, v in
+            if case .integer(let n) = v { c.relay.isolation.pidsLimit = n }
+        },
+        Setting("isolation.file_limit", flag: "isolation-file-limit", .integer(64...1_048_576), default: "\(i.fileLimit)",
+                reload: .restart, "Open files per container (RLIMIT_NOFILE).") { c, v in
+            if case .integer(let n) = v { c.relay.isolation.fileLimit = n }
+        },
+        Setting("isolation.read_only", flag: "isolation-read-only", .bool, default: "\(i.readOnlyRootFilesystem)",
+                reload: .restart, "Read-only root filesystem in the containers.") { c, v in
+            if case .bool(let b) = v { c.relay.isolation.readOnlyRootFilesystem = b }
+        },
+        Setting("isolation.cap_drop", flag: "isolation-cap-drop", .string(allowEmpty: true), default: "ALL", reload: .restart,
+                "Capabilities dropped in the containers, comma separated (empty: none).") { c, v in
+            if case .string(let s) = v {
+                c.relay.isolation.capDrop = s.split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+            }
+        },
+        Setting("isolation.no_new_privileges", flag: "isolation-no-new-privileges", .bool, default: "\(i.noNewPrivileges)",
+                reload: .restart, "Run the containers with no-new-privileges.") { c, v in
+            if case .bool(let b) = v { c.relay.isolation.noNewPrivileges = b }
+        },
+        Setting("isolation.seccomp_profile", flag: "isolation-seccomp-profile", .path, default: "the engine's default",
+                reload: .restart,
+                "Seccomp profile (JSON) for the containers; needed where the engine's default blocks io_uring (Docker 25 and later).") { c, v in
+            if case .string(let s) = v { c.relay.isolation.seccompProfileFile = s }
+        },
+        Setting("isolation.max_containers", flag: "isolation-max-containers", .integer(1...1_000_000),
+                default: "\(i.maxContainers)", reload: .restart,
+                "Session containers at once; a session beyond gets 503 ISOLATION_UNAVAILABLE.") { c, v in
+            if case .integer(let n) = v { c.relay.isolation.maxContainers = n }
+        },
+        Setting("isolation.max_concurrent_starts", flag: "isolation-max-starts", .integer(1...10_000),
+                default: "\(i.maxConcurrentStarts)", reload: .restart,
+                "Container starts in flight at once (a reconnect storm waits in the start queue).") { c, v in
+            if case .integer(let n) = v { c.relay.isolation.maxConcurrentStarts = n }
+        },
+        Setting("isolation.start_queue", flag: "isolation-start-queue", .integer(0...1_000_000), default: "\(i.startQueue)",
+                reload: .restart, "Container starts waiting for a slot; beyond, 503 ISOLATION_UNAVAILABLE (queue_full).") { c, v in
+            if case .integer(let n) = v { c.relay.isolation.startQueue = n }
+        },
+        Setting("isolation.start_timeout", flag: "isolation-start-timeout", .seconds(1...600, minExclusive: false),
+                default: seconds(i.startTimeoutMilliseconds), reload: .restart,
+                "Seconds for create, start and the worker's socket to answer.") { c, v in
+            if case .number(let s) = v { c.relay.isolation.startTimeoutMilliseconds = milliseconds(s) }
+        },
+        Setting("isolation.retry_initial", flag: "isolation-retry-initial", .seconds(0...3600, minExclusive: true),
+                default: seconds(i.retryInitialMilliseconds), reload: .restart,
+                "After a failed start, seconds of 503s before the next attempt; doubles per consecutive failure.") { c, v in
+            if case .number(let s) = v { c.relay.isolation.retryInitialMilliseconds = milliseconds(s) }
+        },
+        Setting("isolation.retry_max", flag: "isolation-retry-max", .seconds(0...86_400, minExclusive: true),
+                default: seconds(i.retryMaxMilliseconds), reload: .restart, "Longest wait between start attempts.") { c, v in
+            if case .number(let s) = v { c.relay.isolation.retryMaxMilliseconds = milliseconds(s) }
+        },
+        Setting("isolation.worker_log_level", flag: "isolation-worker-log-level", .choice(Logger.Level.allCases.map(\.rawValue)),
+                default: i.workerLogLevel, reload: .restart, "Log level of the session workers (their stderr: docker logs).") { c, v in
+            if case .string(let s) = v { c.relay.isolation.workerLogLevel = s }
+        },
+        Setting("isolation.engine_timeout", flag: "isolation-engine-timeout", .seconds(1...600, minExclusive: false),
+                default: "\(i.engineTimeoutSeconds)", reload: .restart, "Seconds each Docker Engine API call may take.") { c, v in
+            if case .number(let s) = v { c.relay.isolation.engineTimeoutSeconds = Int(s.rounded(.up)) }
         },
     ]
 

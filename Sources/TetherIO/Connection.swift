@@ -66,6 +66,9 @@ public final class Connection {
     /// Set by `notifyAfterNextSend`: one `connectionWritable` when the next send completes.
     var sendNotificationWanted = false
     var closeError: IOError?
+    /// `finishWriting` was called: FIN goes out once everything queued is sent.
+    var writeShutdownRequested = false
+    var writeShutdownDone = false
 
     var sending = ByteQueue()
     var pending = ByteQueue()
@@ -122,7 +125,7 @@ public final class Connection {
     // MARK: writing
 
     public func write(_ bytes: UnsafeRawBufferPointer) {
-        guard state == .open || state == .connecting, bytes.count > 0 else { return }
+        guard state == .open || state == .connecting, bytes.count > 0, !writeShutdownRequested else { return }
         if let tls {
             guard tls.writePlaintext(bytes) else {
                 abort(IOError(errno: EPROTO, operation: "tls write: \(tls.failure ?? "failed")"))
@@ -146,6 +149,18 @@ public final class Connection {
         tls.takeOutboundCiphertext().withUnsafeBytes { pending.append($0) }
         loop.queueFlush(self)
     }
+
+    /// Half-close: sends everything written so far, then FIN, and keeps reading until the
+    /// peer's EOF (a graceful `close` would discard what the peer still sends). Further writes
+    /// are dropped.
+    public func finishWriting() {
+        guard state == .open, !writeShutdownRequested else { return }
+        writeShutdownRequested = true
+        loop.queueFlush(self)
+    }
+
+    /// True once `finishWriting` was called.
+    public var isFinishingWrites: Bool { writeShutdownRequested }
 
     // MARK: reading control
 

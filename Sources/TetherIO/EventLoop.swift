@@ -48,6 +48,8 @@ public final class EventLoop {
     private let cqePointers: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     private var dueTargets: [TimerTarget] = []
     private var dueClosures: [() -> Void] = []
+    /// `runSoon` work: after the current batch of completions, before the next wait.
+    private var soon: [() -> Void] = []
 
     // Counters published to `stats` once per iteration.
     private var submissions: UInt64 = 0
@@ -191,6 +193,9 @@ public final class EventLoop {
         if c.sending.isEmpty { c.sending.exchange(with: &c.pending) }
         if !c.sending.isEmpty {
             submitSend(c)
+        } else if c.writeShutdownRequested && !c.writeShutdownDone && c.state == .open {
+            c.writeShutdownDone = true
+            Glibc.shutdown(c.fd, Int32(SHUT_WR))
         } else if c.state == .closing {
             c.startLinger()
         } else if c.state == .handingOff {
@@ -232,6 +237,21 @@ public final class EventLoop {
         }
         if !transfer.held.isEmpty { transfer.held.withUnsafeBytes { c.deliver($0) } }
         if transfer.eof { c.readEOF() }
+    }
+
+    /// Takes over a connected socket created elsewhere (a blocking connect on a background
+    /// thread, one end of a socketpair). The handler hears `connectionDidOpen` at once.
+    @discardableResult
+    public func adopt(fileDescriptor fd: Int32, handler: any ConnectionHandler) -> Connection? {
+        guard !stopping, !ringClosed else {
+            Glibc.close(fd)
+            return nil
+        }
+        let c = register(fd: fd, state: .open)
+        c.handler = handler
+        armRecv(c)
+        handler.connectionDidOpen(c)
+        return c
     }
 
     // MARK: connections
@@ -295,7 +315,7 @@ public final class EventLoop {
             handler.connectionDidClose(Connection.failed(loop: self), error: error)
             return nil
         }
-        Socket.setNoDelay(fd)
+        if remote.family != .unix { Socket.setNoDelay(fd) }
         let c = register(fd: fd, state: .connecting)
         c.handler = handler
         if let tls {
@@ -430,8 +450,24 @@ public final class EventLoop {
     // MARK: the loop
 
     /// Runs until `stop()`; then closes every connection and listener of this loop.
+    /// Runs `body` on this loop once the current callback chain has unwound (before the loop
+    /// waits again): for work that must not re-enter the caller, such as resuming a
+    /// connection whose held input would be delivered inside the caller's bookkeeping.
+    public func runSoon(_ body: @escaping () -> Void) {
+        soon.append(body)
+    }
+
+    private func runSoonWork() {
+        while !soon.isEmpty {
+            let work = soon
+            soon = []
+            for body in work { body() }
+        }
+    }
+
     public func run() {
         while !stopping {
+            runSoonWork()
             flushQueued()
             rearmStarved()
             waitAndProcess()
@@ -456,7 +492,7 @@ public final class EventLoop {
     private func waitAndProcess() {
         var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
         let ready = io_uring_cq_ready(uring)
-        let wait: UInt32 = ready > 0 || !flushQueue.isEmpty ? 0 : 1
+        let wait: UInt32 = ready > 0 || !flushQueue.isEmpty || !soon.isEmpty ? 0 : 1
         let rc: Int32
         if wait == 1, let ns = waitLimitNanoseconds() {
             var ts = __kernel_timespec(tv_sec: Int64(ns / 1_000_000_000), tv_nsec: Int64(ns % 1_000_000_000))
@@ -490,6 +526,7 @@ public final class EventLoop {
             io_uring_cq_advance(uring, UInt32(n))
             completions &+= UInt64(n)
             for entry in cqeBatch { dispatch(userData: entry.userData, res: entry.res, flags: entry.flags) }
+            runSoonWork()
             flushQueued()
             if n < EventLoop.cqeBatchLimit { return }
         }

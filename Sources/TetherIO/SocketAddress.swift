@@ -2,12 +2,12 @@
 import Glibc
 internal import CURing
 
-/// An IPv4 or IPv6 socket address. Names are never resolved here: the data plane only binds
-/// and connects to literal addresses, so no blocking DNS can sneak onto an event loop.
+/// An IPv4, IPv6 or unix-domain socket address. Names are never resolved here: the data plane
+/// only binds and connects to literal addresses, so no blocking DNS can sneak onto an event loop.
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
-    public enum Family: Sendable, Hashable { case v4, v6 }
+    public enum Family: Sendable, Hashable { case v4, v6, unix }
     public let family: Family
-    /// Address bytes in network order (4 or 16 bytes).
+    /// Address bytes in network order (4 or 16 bytes); for `.unix`, the path's UTF-8 bytes.
     public let bytes: [UInt8]
     public let port: UInt16
 
@@ -33,6 +33,18 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 
+    /// Longest unix socket path (sun_path holds 108 bytes with the terminating NUL).
+    public static let maxUnixPathLength = 107
+
+    /// A unix-domain stream socket path; nil if empty, too long or containing NUL.
+    public init?(unixPath: String) {
+        let path = Array(unixPath.utf8)
+        guard !path.isEmpty, path.count <= SocketAddress.maxUnixPathLength, !path.contains(0) else { return nil }
+        self.family = .unix
+        self.bytes = path
+        self.port = 0
+    }
+
     init(family: Family, bytes: [UInt8], port: UInt16) {
         self.family = family
         self.bytes = bytes
@@ -40,6 +52,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var host: String {
+        if family == .unix { return String(decoding: bytes, as: UTF8.self) }
         var out = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         let af = family == .v4 ? AF_INET : AF_INET6
         return bytes.withUnsafeBytes { src in
@@ -52,11 +65,16 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         switch family {
         case .v4: return bytes.first == 127
         case .v6: return bytes == [UInt8](repeating: 0, count: 15) + [1]
+        case .unix: return true
         }
     }
 
     public var description: String {
-        family == .v4 ? "\(host):\(port)" : "[\(host)]:\(port)"
+        switch family {
+        case .v4: return "\(host):\(port)"
+        case .v6: return "[\(host)]:\(port)"
+        case .unix: return "unix:\(host)"
+        }
     }
 
     /// Calls `body` with a sockaddr for this address.
@@ -77,6 +95,16 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
             withUnsafeMutableBytes(of: &sa.sin6_addr) { dst in dst.copyBytes(from: bytes) }
             return withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        case .unix:
+            var sa = sockaddr_un()
+            sa.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &sa.sun_path) { dst in
+                dst.copyBytes(from: bytes.prefix(SocketAddress.maxUnixPathLength))
+            }
+            let length = MemoryLayout<sa_family_t>.size + min(bytes.count, SocketAddress.maxUnixPathLength) + 1
+            return withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(length)) }
             }
         }
     }
@@ -140,6 +168,7 @@ public enum Socket {
     /// same port and the kernel spreads incoming connections over them.
     public static func listen(on address: SocketAddress, backlog: Int32 = 4096,
                               reusePort: Bool = true) throws(IOError) -> (fd: Int32, address: SocketAddress) {
+        guard address.family != .unix else { throw IOError(errno: EAFNOSUPPORT, operation: "listen: use listenUnix") }
         let af = address.family == .v4 ? AF_INET : AF_INET6
         let fd = socket(af, tether_sock_stream_cloexec(), 0)
         guard fd >= 0 else { throw IOError(errno: tether_errno(), operation: "socket") }
@@ -184,7 +213,12 @@ public enum Socket {
     /// Creates an unconnected client socket, optionally bound to a local source address (the
     /// load driver spreads connections over 127.0.0.x sources to pass the ephemeral-port limit).
     static func makeClient(for remote: SocketAddress, source: SocketAddress?) throws(IOError) -> Int32 {
-        let af = remote.family == .v4 ? AF_INET : AF_INET6
+        let af: Int32
+        switch remote.family {
+        case .v4: af = AF_INET
+        case .v6: af = AF_INET6
+        case .unix: af = AF_UNIX
+        }
         let fd = socket(af, tether_sock_stream_cloexec(), 0)
         guard fd >= 0 else { throw IOError(errno: tether_errno(), operation: "socket") }
         if let source {
@@ -197,6 +231,55 @@ public enum Socket {
                 Glibc.close(fd)
                 throw IOError(errno: e, operation: "bind \(source)")
             }
+        }
+        return fd
+    }
+
+    /// A listening unix-domain stream socket at `path`. A socket file left there by an earlier
+    /// run is replaced; any other kind of file is an error (never unlinked). `mode` is applied
+    /// to the socket file (who may connect).
+    public static func listenUnix(path: String, backlog: Int32 = 1024, mode: UInt32 = 0o600) throws(IOError) -> Int32 {
+        guard let address = SocketAddress(unixPath: path) else {
+            throw IOError(errno: ENAMETOOLONG, operation: "unix socket path \(path)")
+        }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw IOError(errno: EEXIST, operation: "bind \(path)") }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, tether_sock_stream_cloexec(), 0)
+        guard fd >= 0 else { throw IOError(errno: tether_errno(), operation: "socket") }
+        let rc = address.withSockAddr { Glibc.bind(fd, $0, $1) }
+        guard rc == 0 else {
+            let e = tether_errno()
+            Glibc.close(fd)
+            throw IOError(errno: e, operation: "bind \(path)")
+        }
+        _ = chmod(path, mode_t(mode))
+        guard Glibc.listen(fd, backlog) == 0 else {
+            let e = tether_errno()
+            Glibc.close(fd)
+            throw IOError(errno: e, operation: "listen \(path)")
+        }
+        return fd
+    }
+
+    /// A blocking connect to a unix socket, for background threads (never on a loop: a full
+    /// backlog blocks). The descriptor is close-on-exec; hand it to a loop with `adopt`.
+    public static func connectUnixBlocking(path: String) throws(IOError) -> Int32 {
+        guard let address = SocketAddress(unixPath: path) else {
+            throw IOError(errno: ENAMETOOLONG, operation: "unix socket path \(path)")
+        }
+        let fd = socket(AF_UNIX, tether_sock_stream_cloexec(), 0)
+        guard fd >= 0 else { throw IOError(errno: tether_errno(), operation: "socket") }
+        var rc: Int32
+        repeat {
+            rc = address.withSockAddr { Glibc.connect(fd, $0, $1) }
+        } while rc != 0 && tether_errno() == EINTR
+        guard rc == 0 else {
+            let e = tether_errno()
+            Glibc.close(fd)
+            throw IOError(errno: e, operation: "connect \(path)")
         }
         return fd
     }

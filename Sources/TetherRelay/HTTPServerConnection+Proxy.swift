@@ -94,6 +94,10 @@ extension HTTPServerConnection: StreamClient {
             phase = .body(.discard(keepAlive: keepAlive))
             return
         }
+        if session.isolation != nil {
+            startIsolatedProxy(head, identity, session, connection)
+            return
+        }
         let now = context.loop.nowMilliseconds
         if identity.tier != session.tierClaim {
             session.updateTier(identity.tier, tiers: context.shared.tiers.withLock { $0 }, now: now)
@@ -123,8 +127,8 @@ extension HTTPServerConnection: StreamClient {
         session.requestCount &+= 1
         // A chunked body over the tier's limit fails when it gets there (413 or a cut stream).
         decoder.limits.maxBodySize = min(decoder.limits.maxBodySize, session.profile.maxBodyBytes)
-        let tunnelHead = HTTPServerConnection.tunnelHead(for: head, remote: connection.remoteAddress,
-                                                         tls: connection.isTLS)
+        let tunnelHead = HTTPServerConnection.tunnelHead(for: head, remote: trusted?.peer ?? connection.remoteAddress,
+                                                         tls: trusted?.tls ?? connection.isTLS)
         let hasBody = head.headers.containsToken("chunked", in: "transfer-encoding")
             || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
         guard let stream = bridge.openStream(tunnelHead, endStream: !hasBody, client: self) else {

@@ -51,10 +51,20 @@ final class HTTPServerConnection: ConnectionHandler {
     /// Set when this handler was built on the session's home worker by a hand-off: the
     /// request head (already decoded) and its verified identity.
     private var resumed: (head: HTTPRequestHead, identity: Identity, route: AuthenticatedRoute)?
+    /// In a session worker (Docker isolation): the relay authenticated the caller and says who
+    /// it is and where it connected from; no token is checked here.
+    var trusted: TrustedCaller?
 
     init(context: RelayContext) {
         self.context = context
         self.decoder = HTTPRequestDecoder(limits: context.configuration.httpLimits)
+    }
+
+    /// A client exchange attached by the relay to this session worker.
+    init(context: RelayContext, trusted: TrustedCaller) {
+        self.context = context
+        self.decoder = HTTPRequestDecoder(limits: context.configuration.httpLimits)
+        self.trusted = trusted
     }
 
     /// Continues a request that another worker decoded and authenticated.
@@ -355,6 +365,10 @@ final class HTTPServerConnection: ConnectionHandler {
     /// Verifies the caller's token, then serves the request on the worker that owns its
     /// session, handing the connection over if that is another worker.
     private func authenticate(_ head: HTTPRequestHead, _ route: AuthenticatedRoute, _ connection: Connection) {
+        if let trusted {
+            serveAuthenticated(head, trusted.identity, route, connection)
+            return
+        }
         let keepAlive = head.isKeepAlive
         let address = limitedAddress(connection)
         if let address, let retryAfter = authFailuresExceeded(address) {
@@ -524,6 +538,7 @@ final class HTTPServerConnection: ConnectionHandler {
         }
         let home = context.homeWorker(of: identity.session)
         let peer = connection.remoteAddress
+        let tls = connection.isTLS
         let makeBridge: @Sendable (RelayContext) -> any ConnectionHandler = { target in
             let protocolName = legacy ? "legacy-json" : TunnelProtocol.subprotocol
             guard let session = target.openSession(for: identity, cause: "bridge") else {
@@ -532,6 +547,9 @@ final class HTTPServerConnection: ConnectionHandler {
             if session.bridges.count >= session.profile.maxBridges {
                 target.recordQuotaRejection(.bridges, session: session.id)
                 return WebSocketRefusal(code: 4008, reason: "TOO_MANY_BRIDGES: this session already has \(session.profile.maxBridges) bridges connected")
+            }
+            if target.isolation != nil {
+                return IsolatedBridge(context: target, session: session, peer: peer, tls: tls, legacy: legacy)
             }
             return legacy ? LegacyBridgeConnection(context: target, session: session, peer: peer, protocolName: protocolName)
                           : TunnelConnection(context: target, session: session, peer: peer, protocolName: protocolName)
@@ -626,6 +644,13 @@ final class HTTPServerConnection: ConnectionHandler {
         context.stats.countResponse(status)
     }
 }
+/// Who the relay says is calling (session workers only).
+struct TrustedCaller {
+    let identity: Identity
+    let peer: SocketAddress?
+    let tls: Bool
+}
+
 /// A bridge refused after its upgrade (limits): a close frame with code and reason, then EOF.
 final class WebSocketRefusal: ConnectionHandler {
     let code: UInt16

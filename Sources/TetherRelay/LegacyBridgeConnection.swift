@@ -43,8 +43,10 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     private var draining = false
     private var pingTimer: TimerID?
     private var silentIntervals = 0
-    private let bridgeID = LegacyBridgeConnection.uuid()
+    private let bridgeID: String
     private let maxStreams = 256
+    /// In a session worker: the relay's id for this bridge (its greeting was sent long ago).
+    let attachID: UInt64?
 
     private let peer: SocketAddress?
     private let protocolName: String
@@ -57,6 +59,20 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         self.peer = peer
         self.protocolName = protocolName
         self.socket = WebSocketConnection(role: .server, maxMessageSize: context.configuration.webSocketMaxMessage)
+        self.bridgeID = LegacyBridgeConnection.uuid()
+        self.attachID = nil
+    }
+
+    /// A session worker's bridge, handed over by the relay (which greeted it).
+    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String, attachID: UInt64,
+         bridgeID: String) {
+        self.context = context
+        self.session = session
+        self.peer = peer
+        self.protocolName = protocolName
+        self.socket = WebSocketConnection(role: .server, maxMessageSize: context.configuration.webSocketMaxMessage)
+        self.bridgeID = bridgeID
+        self.attachID = attachID
     }
 
     // MARK: Bridge
@@ -105,16 +121,21 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         self.connection = connection
         connection.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
         context.stats.legacyBridgesOpened.addFromOwner()
-        let greeting = "{\"type\":\"auth\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),"
-            + "\"data\":{\"success\":true,\"bridgeId\":\(JSON.quote(bridgeID))},"
-            + "\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}"
-        socket.send(text: greeting)
+        if attachID == nil { socket.send(text: LegacyBridgeConnection.greeting(bridgeID: bridgeID)) }
         registered = true
         session.add(self)
         context.activate(session, now: context.loop.nowMilliseconds, cause: "bridge")
         context.bridgeConnected(session, peer: peer, protocolName: protocolName)
+        if let attachID { context.worker?.bridgeAttached(attachID, self) }
         flush()
         schedulePing()
+    }
+
+    /// The first message after the upgrade (docs/PROTOCOL.md §10).
+    static func greeting(bridgeID: String) -> String {
+        "{\"type\":\"auth\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),"
+            + "\"data\":{\"success\":true,\"bridgeId\":\(JSON.quote(bridgeID))},"
+            + "\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}"
     }
 
     func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
@@ -130,6 +151,15 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
     }
 
     func connectionDidReadEOF(_ connection: Connection) {
+        // A session worker being parked: the relay takes the bridge back.
+        if let attachID, let worker = context.worker, worker.parking {
+            flush()
+            let idle = socket.isAtMessageBoundary && pending.isEmpty
+            worker.bridgeParked(attachID, state: idle ? .legacy(bridgeID: bridgeID) : nil,
+                                reason: pending.isEmpty ? "mid-message" : "requests in flight")
+            if closeKind == nil { closeKind = .shutdown }
+            closeReason = "parked"
+        }
         connection.close(.graceful)
     }
 
@@ -145,6 +175,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         pending = [:]
         byUUID = [:]
         for (_, p) in orphans.sorted(by: { $0.key < $1.key }) { p.client.streamDidFail(.bridgeLost) }
+        if let attachID { context.worker?.bridgeDetached(attachID) }
         if registered {
             registered = false
             session.remove(self)

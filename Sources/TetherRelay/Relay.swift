@@ -4,6 +4,7 @@ import Logging
 import Synchronization
 import TetherAuth
 import TetherIO
+import TetherIsolation
 import TetherQuota
 import TetherTLS
 
@@ -39,6 +40,8 @@ public final class Relay: Sendable {
     private let reloadSource: (@Sendable () throws -> RelayConfiguration)?
     /// One reload at a time (SIGHUP and POST /admin/reload may race).
     private let reloadLock = Mutex<Void>(())
+    /// The Docker isolation mode's engine client and containers (nil in process mode).
+    private let isolation: IsolationRuntime?
 
     private struct Bound {
         var http: SocketAddress?
@@ -70,6 +73,7 @@ public final class Relay: Sendable {
         } else {
             self.tlsBox = nil
         }
+        self.isolation = try Relay.makeIsolation(configuration.isolation)
         shared.control.reloads.lastSuccessBits.store(shared.control.startedAt.bitPattern, ordering: .relaxed)
     }
 
@@ -83,6 +87,50 @@ public final class Relay: Sendable {
     }
 
     public var configuration: RelayConfiguration { current.withLock { $0 } }
+
+    private static func makeIsolation(_ settings: IsolationSettings) throws -> IsolationRuntime? {
+        guard settings.isDocker else { return nil }
+        var seccomp: String?
+        if let file = settings.seccompProfileFile {
+            guard let text = readSmallFile(file) else {
+                throw RelayError.invalidConfiguration("isolation.seccomp_profile", "cannot read \(file)")
+            }
+            seccomp = text
+        }
+        return IsolationRuntime(settings: settings, instance: settings.instance ?? IsolationRuntime.hostName(),
+                                seccompProfile: seccomp)
+    }
+
+    private static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while out.count < 4 << 20 {
+            let n = read(fd, &buffer, buffer.count)
+            if n > 0 { out += buffer[0..<n] } else if n == 0 { return String(decoding: out, as: UTF8.self) } else if errno != EINTR { return nil }
+        }
+        return nil
+    }
+
+    /// Docker isolation: removes containers an earlier run of this relay left (it was killed),
+    /// before any session can need its name.
+    private func reapContainers() {
+        guard let isolation else { return }
+        do {
+            let removed = try isolation.manager.reap()
+            logger.info("docker isolation ready", metadata: [
+                "instance": "\(isolation.manager.instance)", "image": "\(isolation.settings.image)",
+                "reaped": "\(removed)"])
+            if removed > 0 { shared.audit.record("isolation_reaped", ["containers": .int(removed)]) }
+        } catch {
+            // The relay still starts: sessions get 503 ISOLATION_UNAVAILABLE until the engine
+            // answers, and a leftover container is replaced when its name is needed.
+            logger.error("docker engine not reachable at start; sessions will get 503 until it is",
+                         metadata: ["error": "\(error)"])
+        }
+    }
 
     /// The descriptor limit minus a reserve for listeners, the rings, files and the audit log,
     /// so that the relay answers 503 before the kernel refuses an accept.
@@ -154,11 +202,14 @@ public final class Relay: Sendable {
         let (logger, directory, shared) = (self.logger, self.workers, self.shared)
         let refresher = keys.withLock { $0 }
         let maxConnections = configuration.maxConnections ?? Relay.defaultMaxConnections()
+        reapContainers()
+        let isolation = self.isolation
         try group.start { loop in
             let context = RelayContext(configuration: configuration, stats: stats[loop.index], logger: logger,
                                        verifier: refresher.current, shared: shared, loop: loop, workers: directory,
                                        maxConnections: maxConnections)
             context.keyRefresher = refresher
+            context.isolation = isolation
             directory.slots[loop.index].context = context
             loop.startAccepting(listenFD: httpFDs[loop.index]) { _ in HTTPServerConnection(context: context) }
             if !tlsListeners.isEmpty {
@@ -258,6 +309,7 @@ public final class Relay: Sendable {
         keep("admin.host", \.adminHost)
         keep("admin.port", \.adminPort)
         keep("audit.log", \.auditLog)
+        keep("isolation", \.isolation)
         new.io = old.io
 
         // Check everything first.
@@ -320,6 +372,7 @@ public final class Relay: Sendable {
                 guard let context = directory.context(of: loop.index) else { return }
                 context.configuration = applied
                 context.maxConnections = maxConnections
+                context.reconfigureWorkers()
                 let now = loop.nowMilliseconds
                 for session in context.sessions.sessions.values {
                     session.applyTiers(applied.tiers, now: now)
@@ -469,7 +522,10 @@ public final class Relay: Sendable {
     }
 
     public func shutdown() {
+        isolation?.stopping.store(true, ordering: .relaxed)
         group.shutdown()
+        // The workers exit with their control links; their containers go too.
+        isolation?.manager.shutdown()
         keys.withLock { $0 }.stop()
         // The directory and the contexts point at each other, and the control's operations hold
         // this relay; with the loops joined nothing else uses them, and breaking the cycles

@@ -2,6 +2,7 @@ import Logging
 import TetherAuth
 import TetherHTTP
 import TetherIO
+import TetherIsolation
 import TetherQuota
 import TetherTunnel
 
@@ -70,6 +71,8 @@ public struct RelayConfiguration: Sendable {
     /// Seconds SIGTERM waits for streams in flight (after GOAWAY to every bridge) before exiting.
     public var drainTimeoutSeconds: Double = 30
     public var logging = LogConfiguration()
+    /// In-process sessions, or one Docker container per session (docs/ISOLATION.md).
+    public var isolation = IsolationSettings()
 
     public init() {}
 }

@@ -39,6 +39,10 @@ final class RelayContext {
     var auditQuotaSkipped = 0
     /// Connections across all workers above which new ones get 503 CAPACITY_EXCEEDED.
     var maxConnections: Int
+    /// Set only in a session worker (Docker isolation): its bridges and control link.
+    var worker: WorkerState?
+    /// Set only in a relay with `isolation.mode: docker`.
+    var isolation: IsolationRuntime?
     /// Cross-worker requests (scrapes, admin API) waiting for every worker's answer.
     var pendingGathers: [UInt64: () -> Void] = [:]
     var nextGatherID: UInt64 = 0

@@ -20,6 +20,7 @@ struct WorkerGauges: Sendable {
                 bridges[bridge.protocolKind.rawValue] += 1
                 streams += bridge.activeStreams
             }
+            streams += session.isolation?.exchanges ?? 0
         }
     }
 }
@@ -167,6 +168,8 @@ enum RelayMetrics {
         perWorker(&out, "tether_io_completions_total", "io_uring completions handled, by worker.", io) { $0.completions.load(ordering: .relaxed) }
         perWorker(&out, "tether_io_buffer_exhaustions_total", "Receives that found the provided-buffer ring empty (ENOBUFS), by worker.", io) { $0.bufferExhaustions.load(ordering: .relaxed) }
         perWorker(&out, "tether_io_loop_iterations_total", "Event loop iterations (waits for completions), by worker.", io) { $0.loopIterations.load(ordering: .relaxed) }
+
+        if let isolation = context.isolation { IsolationMetrics.render(&out, isolation) }
 
         // Process
         let process = ProcessMetrics.read()

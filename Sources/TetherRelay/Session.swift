@@ -11,12 +11,17 @@ enum StreamFailure: Equatable {
     case bridgeLost
     /// The bridge reset the stream.
     case reset(TunnelErrorCode, reason: String)
+    /// Docker isolation: the session's container is not there (engine down, start failed,
+    /// container died); the message says which.
+    case isolation(String)
 
     /// Status, JSON code and message for a client that has not had a response head yet.
     var response: (status: Int, code: String, message: String) {
         switch self {
         case .bridgeLost:
             return (502, "BRIDGE_DISCONNECTED", "the bridge disconnected before the response started")
+        case .isolation(let message):
+            return (503, "ISOLATION_UNAVAILABLE", message)
         case .reset(let code, let reason):
             let detail = reason.isEmpty ? code.name : "\(code.name): \(reason)"
             switch code {
@@ -101,6 +106,8 @@ final class Session {
     var requestCount: UInt64 = 0
     var bytesUp: UInt64 = 0
     var bytesDown: UInt64 = 0
+    /// Docker isolation: the session's container and what waits for it (nil in process mode).
+    var isolation: SessionIsolation?
 
     init(id: SessionID, subject: String, tier: String?, tiers: TierTable, createdAt: Double, now: UInt64) {
         self.id = id
@@ -129,6 +136,8 @@ final class Session {
     }
 
     func makeBuckets(now: UInt64) {
+        // A Docker-isolated session's quotas are enforced by its worker, in its container.
+        guard isolation == nil else { return }
         requestBucket = TokenBucket(ratePerSecond: profile.requestsPerSecond, burst: Double(profile.requestBurst), now: now)
         let rate = Double(profile.bandwidthBytesPerSecond)
         let burst = Double(profile.effectiveBandwidthBurst)
@@ -143,7 +152,7 @@ final class Session {
     }
 
     /// Streams currently routed through this session's bridges.
-    var activeStreams: Int { bridges.reduce(0) { $0 + $1.activeStreams } }
+    var activeStreams: Int { bridges.reduce(isolation?.exchanges ?? 0) { $0 + $1.activeStreams } }
 
     func add(_ bridge: Bridge) {
         bridges.append(bridge)

@@ -66,6 +66,7 @@ extension RelayContext {
         if let session = sessions.existing(identity.session) {
             session.updateTier(identity.tier, tiers: shared.tiers.withLock { $0 }, now: now)
             activate(session, now: now, cause: cause)
+            if cause == "api" { ensureContainer(session) }
             return session
         }
         guard shared.reserveSession(max: configuration.maxSessions) else {
@@ -75,6 +76,7 @@ extension RelayContext {
         }
         let session = Session(id: identity.session, subject: identity.subject, tier: identity.tier,
                               tiers: shared.tiers.withLock { $0 }, createdAt: nowSeconds(), now: now)
+        session.isolation = makeSessionIsolation(identity.session)
         session.makeBuckets(now: now)
         sessions.insert(session)
         stats.sessionsCreated.addFromOwner()
@@ -83,6 +85,7 @@ extension RelayContext {
         audit.record("session_created", [
             "session": .string("\(session.id)"), "sub": .string(identity.subject), "iss": .string(identity.issuer),
             "tier": .string(session.tierName), "cause": .string(cause)])
+        if cause == "api" { ensureContainer(session) }
         return session
     }
 
@@ -95,6 +98,7 @@ extension RelayContext {
         stats.sessionsRevived.addFromOwner()
         scheduleIdleCheck(session, afterMilliseconds: configuration.sessionIdleTimeoutMilliseconds)
         audit.record("session_revived", ["session": .string("\(session.id)"), "cause": .string(cause)])
+        if session.isolation != nil { ensureContainer(session) }
     }
 
     private func scheduleIdleCheck(_ session: Session, afterMilliseconds ms: UInt64) {
@@ -134,6 +138,7 @@ extension RelayContext {
         stats.sessionsParked.addFromOwner()
         audit.record("session_idled", ["session": .string("\(session.id)"), "reason": .string(reason),
                                        "bridges": .int(session.bridges.count)])
+        if session.isolation != nil { parkContainer(session) }
     }
 
     /// The tunnel settings a bridge of this session gets: its windows are the session's memory
@@ -189,6 +194,7 @@ extension RelayContext {
         session.idleTimer = nil
         wakeShapingWaiters(session)
         sessions.remove(session)
+        if session.isolation != nil { removeIsolation(session) }
         shared.sessionCount.subtract(1, ordering: .relaxed)
         stats.sessionsRemoved.addFromOwner()
         audit.record("session_removed", ["session": .string("\(session.id)"), "reason": .string(reason.label)])

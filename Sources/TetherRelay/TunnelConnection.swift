@@ -26,6 +26,10 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     private var closeKind: BridgeDisconnectReason?
     /// A stream's body was refused because our socket to the bridge was full.
     private var sendersBlocked = false
+    /// In a session worker: the relay's id for this bridge, and whether it arrived resumed
+    /// (HELLOs exchanged long ago, its state in `mux`).
+    let attachID: UInt64?
+    private let resumed: Bool
 
     init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String) {
         self.context = context
@@ -35,6 +39,22 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         self.socket = WebSocketConnection(role: .server, maxMessageSize: max(context.configuration.webSocketMaxMessage,
                                                                              context.configuration.tunnel.maxMessageSize))
         self.mux = TunnelMultiplexer(role: .relay, settings: context.tunnelSettings(for: session.profile), agent: "tether-relay")
+        self.attachID = nil
+        self.resumed = false
+    }
+
+    /// A session worker's bridge, handed over by the relay with its tunnel's state.
+    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String, attachID: UInt64,
+         resuming snapshot: TunnelSnapshot) {
+        self.context = context
+        self.session = session
+        self.peer = peer
+        self.protocolName = protocolName
+        self.socket = WebSocketConnection(role: .server, maxMessageSize: max(context.configuration.webSocketMaxMessage,
+                                                                             context.configuration.tunnel.maxMessageSize))
+        self.mux = TunnelMultiplexer(role: .relay, restoring: snapshot)
+        self.attachID = attachID
+        self.resumed = true
     }
 
     // MARK: Bridge
@@ -94,10 +114,14 @@ final class TunnelConnection: ConnectionHandler, Bridge {
 
     func connectionDidOpen(_ connection: Connection) {
         self.connection = connection
-        // Until its HELLO, a bridge has the handshake deadline, however much else it sends.
-        connection.setDeadline(milliseconds: context.configuration.bridgeHandshakeTimeoutMilliseconds)
         context.stats.tunnelsOpened.addFromOwner()
-        flush()  // our HELLO
+        if resumed {
+            register()
+        } else {
+            // Until its HELLO, a bridge has the handshake deadline, however much else it sends.
+            connection.setDeadline(milliseconds: context.configuration.bridgeHandshakeTimeoutMilliseconds)
+            flush()  // our HELLO
+        }
         schedulePing()
     }
 
@@ -121,6 +145,16 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     func connectionDidReadEOF(_ connection: Connection) {
         context.tunnelLogger.debug("bridge sent EOF", metadata: [
             "session": "\(session.id)", "streams": "\(streams.count)", "close": "\(closeReason)"])
+        // A session worker being parked: the relay stopped feeding us at a message boundary
+        // and takes the tunnel back with its state.
+        if let attachID, let worker = context.worker, worker.parking {
+            flush()
+            let snapshot = socket.isAtMessageBoundary ? mux.snapshot() : nil
+            worker.bridgeParked(attachID, state: snapshot.map { .tunnel($0) },
+                                reason: socket.isAtMessageBoundary ? "streams in flight" : "mid-message")
+            if closeKind == nil { closeKind = .shutdown }
+            closeReason = "parked"
+        }
         connection.close(.graceful)
     }
 
@@ -204,12 +238,7 @@ final class TunnelConnection: ConnectionHandler, Bridge {
                              kind: .closedByBridge)
                         return
                     }
-                    registered = true
-                    session.add(self)
-                    context.activate(session, now: context.loop.nowMilliseconds, cause: "bridge")
-                    connection?.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
-                    context.bridgeConnected(session, peer: peer, protocolName: protocolName)
-                    if context.draining { goAway() }
+                    register()
                 }
             case .response(let id, let head, let end):
                 let client = streams[id]
@@ -240,6 +269,16 @@ final class TunnelConnection: ConnectionHandler, Bridge {
                 draining = true
             }
         }
+    }
+
+    private func register() {
+        registered = true
+        session.add(self)
+        context.activate(session, now: context.loop.nowMilliseconds, cause: "bridge")
+        connection?.setDeadline(milliseconds: context.configuration.webSocketIdleTimeoutMilliseconds)
+        context.bridgeConnected(session, peer: peer, protocolName: protocolName)
+        if let attachID { context.worker?.bridgeAttached(attachID, self) }
+        if context.draining { goAway() }
     }
 
     /// Drops the client reference once the multiplexer considers the stream finished. Only
@@ -283,6 +322,7 @@ final class TunnelConnection: ConnectionHandler, Bridge {
         for (_, client) in orphans.sorted(by: { $0.key < $1.key }) {
             client.streamDidFail(.bridgeLost)
         }
+        if let attachID { context.worker?.bridgeDetached(attachID) }
         if registered {
             registered = false
             session.remove(self)

@@ -67,6 +67,34 @@ public struct TunnelMultiplexer: Sendable {
         queueFrame(.hello, [], 0, TunnelFrameCodec.encodeHello(settings: settings, agent: agent))
     }
 
+    /// Continues a tunnel from a snapshot taken by `snapshot()` (possibly in another process):
+    /// both HELLOs were exchanged long ago, so nothing is queued.
+    public init(role: Role, restoring snapshot: TunnelSnapshot) {
+        self.role = role
+        localSettings = snapshot.localSettings.sanitized
+        peerSettings = snapshot.peerSettings.sanitized
+        tunnelSendWindow = snapshot.tunnelSendWindow
+        tunnelReceiveWindow = snapshot.tunnelReceiveWindow
+        tunnelUnreturned = snapshot.tunnelUnreturned
+        highestStreamID = snapshot.highestStreamID
+        goAwaySent = snapshot.goAwaySent
+        goAwayReceived = snapshot.goAwayReceived
+    }
+
+    /// The tunnel's whole state while it is idle: HELLOs exchanged, no stream in flight, no
+    /// event or message waiting to be taken (drain both first). nil otherwise. Credit of
+    /// finished streams whose DATA the caller still holds counts as consumed: the caller is
+    /// about to go away with it.
+    public func snapshot() -> TunnelSnapshot? {
+        guard failure == nil, let peer = peerSettings, streams.isEmpty, !hasOutbound, pendingEventCount == 0 else {
+            return nil
+        }
+        let held = lingering.values.reduce(0, +)
+        return TunnelSnapshot(localSettings: localSettings, peerSettings: peer, tunnelSendWindow: tunnelSendWindow,
+                              tunnelReceiveWindow: tunnelReceiveWindow, tunnelUnreturned: tunnelUnreturned + held,
+                              highestStreamID: highestStreamID, goAwaySent: goAwaySent, goAwayReceived: goAwayReceived)
+    }
+
     /// Peer HELLO received and no fatal error.
     public var isReady: Bool { peerSettings != nil && failure == nil }
 

@@ -104,6 +104,10 @@ public struct WebSocketConnection: Sendable {
     /// Number of events waiting in `nextEvent()`.
     public var pendingEventCount: Int { events.count - eventIndex }
 
+    /// No frame or fragmented message is half received: the byte stream could continue in a
+    /// fresh connection (see `WebSocketFrameScanner`).
+    public var isAtMessageBoundary: Bool { phase == .header && headerCount == 0 && !inMessage }
+
     /// Copies header bytes into the inline buffer; validates as soon as enough is known.
     /// Returns the number of bytes consumed.
     private mutating func consumeHeader(_ input: UnsafeRawBufferPointer) -> Int {

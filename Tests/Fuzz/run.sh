@@ -14,7 +14,7 @@ fi
 BIN=$(swift build "${FLAGS[@]}" --show-bin-path)
 mkdir -p findings corpus
 status=0
-for fuzzer in fuzz-http-request fuzz-http-response fuzz-websocket fuzz-tunnel; do
+for fuzzer in fuzz-http-request fuzz-http-response fuzz-websocket fuzz-tunnel fuzz-isolation; do
     mkdir -p "corpus/$fuzzer"
     echo "==> $fuzzer for ${SECONDS_EACH}s"
     rc=0

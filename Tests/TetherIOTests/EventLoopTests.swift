@@ -223,6 +223,25 @@ final class EventLoopTests: XCTestCase {
         group.shutdown()
     }
 
+    /// runSoon work runs on the loop after the current job returns, in order, even when the
+    /// loop would otherwise sleep.
+    func testRunSoonRunsAfterTheCallerReturns() throws {
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { _ in }
+        let log = Box<[String]>([])
+        group.handles[0].execute { loop in
+            loop.runSoon {
+                log.with { $0.append("soon 1") }
+                loop.runSoon { log.with { $0.append("soon 3 (queued by soon 1)") } }
+            }
+            loop.runSoon { log.with { $0.append("soon 2") } }
+            log.with { $0.append("caller") }
+        }
+        XCTAssertTrue(waitUntil(timeout: 10) { log.get.count == 4 })
+        XCTAssertEqual(log.get, ["caller", "soon 1", "soon 2", "soon 3 (queued by soon 1)"])
+        group.shutdown()
+    }
+
     func testTimerWheelOrdersManyDeadlines() {
         var wheel = TimerWheel(nowMilliseconds: 1_000)
         var ids: [TimerID] = []
@@ -456,5 +475,93 @@ extension EventLoopTests {
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(admin, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         XCTAssertEqual(recv(admin, &buf, buf.count, 0), 4)
+    }
+}
+
+final class UnixSocketTests: XCTestCase {
+    /// The session workers of the Docker isolation mode are reached over unix sockets: connect
+    /// through the ring, move bytes both ways with backpressure, and adopt a socket connected
+    /// elsewhere (a background thread's blocking connect).
+    func testUnixSocketEchoThroughTheRingAndAdoptedDescriptor() throws {
+        let dir = "/tmp/tether-io-\(getpid())"
+        mkdir(dir, 0o700)
+        defer { rmdir(dir) }
+        let path = dir + "/echo.sock"
+        let listenFD = try Socket.listenUnix(path: path)
+        defer { unlink(path) }
+        var st = stat()
+        XCTAssertEqual(lstat(path, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { loop in loop.startAccepting(listenFD: listenFD) { _ in EchoHandler() } }
+        guard let address = SocketAddress(unixPath: path) else { return XCTFail("path refused") }
+        XCTAssertEqual(address.description, "unix:\(path)")
+        let results = Box((ok: 0, bad: 0, closed: 0))
+        var rng = SplitMix64(state: 99)
+        let payloads = (0..<20).map { _ in rng.bytes(Int(rng.next() % 700_000) + 1) }
+        group.handles[0].execute { loop in
+            for payload in payloads { loop.connect(to: address, handler: PayloadClient(payload: payload, chunk: 50_000, results: results)) }
+        }
+        // A socket connected with a plain blocking connect, then adopted by the loop.
+        let fd = try Socket.connectUnixBlocking(path: path)
+        let adoptedPayload = rng.bytes(300_000)
+        group.handles[0].execute { loop in
+            loop.adopt(fileDescriptor: fd, handler: PayloadClient(payload: adoptedPayload, chunk: 8192, results: results))
+        }
+        XCTAssertTrue(waitUntil { results.get.closed == payloads.count + 1 }, "\(results.get)")
+        XCTAssertEqual(results.get.ok, payloads.count + 1)
+        // Paths that cannot fit sun_path are refused up front, never truncated.
+        XCTAssertNil(SocketAddress(unixPath: "/" + String(repeating: "x", count: 107)))
+        XCTAssertNotNil(SocketAddress(unixPath: "/" + String(repeating: "x", count: 106)))
+        XCTAssertThrowsError(try Socket.listenUnix(path: "/" + String(repeating: "y", count: 200)))
+        group.shutdown()
+    }
+
+    /// Half-close: what was written goes out, then FIN, and the peer's answer still arrives.
+    func testFinishWritingKeepsReadingUntilThePeersEOF() throws {
+        final class EchoUntilEOF: ConnectionHandler {
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) { connection.write(bytes) }
+            func connectionDidReadEOF(_ connection: Connection) {
+                connection.write(Array("bye".utf8))
+                connection.close(.graceful)
+            }
+        }
+        final class HalfCloser: ConnectionHandler {
+            let payload: [UInt8]
+            let result: Box<(bytes: [UInt8], eof: Bool)>
+            init(_ payload: [UInt8], _ result: Box<(bytes: [UInt8], eof: Bool)>) {
+                self.payload = payload
+                self.result = result
+            }
+            func connectionDidOpen(_ connection: Connection) {
+                connection.write(payload)
+                connection.finishWriting()
+                connection.write([1, 2, 3])  // dropped: writing is finished
+            }
+            func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+                let copy = Array(bytes)
+                result.with { $0.bytes += copy }
+            }
+            func connectionDidReadEOF(_ connection: Connection) {
+                result.with { $0.eof = true }
+                connection.close(.abort)
+            }
+        }
+        let dir = "/tmp/tether-io-half-\(getpid())"
+        mkdir(dir, 0o700)
+        defer { rmdir(dir) }
+        let path = dir + "/s.sock"
+        let listenFD = try Socket.listenUnix(path: path)
+        defer { unlink(path) }
+        let group = try EventLoopGroup(configuration: { var c = IOConfiguration(); c.workers = 1; return c }())
+        try group.start { loop in loop.startAccepting(listenFD: listenFD) { _ in EchoUntilEOF() } }
+        var rng = SplitMix64(state: 5)
+        let payload = rng.bytes(1_000_000)
+        let result = Box<(bytes: [UInt8], eof: Bool)>(([], false))
+        guard let address = SocketAddress(unixPath: path) else { return XCTFail() }
+        group.handles[0].execute { loop in loop.connect(to: address, handler: HalfCloser(payload, result)) }
+        XCTAssertTrue(waitUntil { result.get.eof })
+        XCTAssertEqual(result.get.bytes, payload + Array("bye".utf8))
+        group.shutdown()
     }
 }

@@ -1,0 +1,103 @@
+#if os(Linux)
+import TetherIO
+import TetherIsolation
+
+/// The relay's end of a session worker's control link (connected by the starting thread,
+/// adopted by the session's home loop). Everything the worker says is checked: a malformed
+/// message or a silent worker ends the link, and with it the container.
+final class ControlLink: ConnectionHandler {
+    private unowned let context: RelayContext
+    private weak var session: Session?
+    private var decoder = ControlMessageDecoder()
+    private weak var connection: Connection?
+    private var ready = false
+    private var closeReason = "control link closed by the worker"
+
+    /// The worker must answer its preamble within this long.
+    static let readyTimeoutMilliseconds: UInt64 = 10_000
+
+    init(context: RelayContext, session: Session) {
+        self.context = context
+        self.session = session
+    }
+
+    func send(_ message: ControlMessage) {
+        guard let connection, connection.isOpen else { return }
+        connection.write(message.encoded())
+    }
+
+    /// Ends the link (the worker exits when it sees EOF).
+    func close() {
+        closeReason = "closed by the relay"
+        connection?.close(.graceful)
+    }
+
+    func connectionDidOpen(_ connection: Connection) {
+        self.connection = connection
+        guard let session else {
+            connection.close(.abort)
+            return
+        }
+        connection.write(WorkerPreamble.control(session: session.id.hex, settings: context.configuration.workerSettings).encoded())
+        connection.setDeadline(milliseconds: ControlLink.readyTimeoutMilliseconds)
+    }
+
+    func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
+        decoder.feed(bytes)
+        do {
+            while let message = try decoder.next() {
+                handle(message)
+                guard connection.isOpen else { return }
+            }
+        } catch {
+            fail(connection, "malformed control message: \(error)")
+        }
+    }
+
+    private func handle(_ message: ControlMessage) {
+        guard let session, let connection else { return }
+        switch message {
+        case .ready(let version):
+            guard !ready, version == ControlMessage.protocolVersion else {
+                fail(connection, "unexpected READY (version \(version))")
+                return
+            }
+            ready = true
+            connection.setDeadline(milliseconds: nil)
+            context.workerReady(session, self)
+        case .attached(let id):
+            context.bridgeAttached(session, id)
+        case .parkReady:
+            context.workerParkReady(session)
+        case .parkBusy:
+            context.workerParkBusy(session)
+        case .snapshot(let id, let state):
+            context.workerSnapshot(session, id, state)
+        case .parkFailed(let id, let reason):
+            context.tunnelLogger.notice("bridge could not be parked", metadata: ["session": "\(session.id)", "reason": "\(reason)"])
+            context.workerSnapshot(session, id, nil)
+        case .configure, .park, .goAway, .close:
+            fail(connection, "the worker sent a relay command")
+        }
+    }
+
+    private func fail(_ connection: Connection, _ reason: String) {
+        closeReason = reason
+        context.logger.warning("session worker misbehaved", metadata: ["session": "\(session?.id.hex ?? "?")", "reason": "\(reason)"])
+        connection.close(.abort)
+    }
+
+    func connectionDeadlineExpired(_ connection: Connection) {
+        fail(connection, "the worker did not answer its control link in time")
+    }
+
+    func connectionDidReadEOF(_ connection: Connection) {
+        connection.close(.abort)
+    }
+
+    func connectionDidClose(_ connection: Connection, error: IOError?) {
+        guard let session else { return }
+        context.controlLinkClosed(session, self, reason: error.map { "\($0)" } ?? closeReason)
+    }
+}
+#endif
