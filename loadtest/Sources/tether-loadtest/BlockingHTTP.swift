@@ -26,6 +26,10 @@ enum BlockingHTTP {
             rc = withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
             }
+        case .unix:
+            // Targets are loopback TCP addresses (parseLoopbackTarget): never a unix path.
+            close(fd)
+            return .failure(.failed("unix-domain targets are not supported"))
         }
         if rc != 0 && errno == EINPROGRESS {
             var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
