@@ -487,12 +487,19 @@ public final class Relay: Sendable {
                         bridge.close(code: 1001, reason: "relay shutting down", kind: .shutdown)
                     }
                 }
-                // A finished stream's last bytes may still be queued for its client: flush them.
-                loop.closeAllConnections()
             }
         }
-        // Close frames and the last response bytes go out; clients and bridges close their ends
-        // (bounded: a peer that never reads is cut when the loops stop).
+        // Bridges held by a session worker close through it: give their close frames a moment.
+        let bridgesDeadline = EventLoop.monotonicMilliseconds() + 1_500
+        while EventLoop.monotonicMilliseconds() < bridgesDeadline, countOnLoops({ $0.sessions.sessions.values.reduce(0) { $0 + $1.bridges.count } }) != 0 {
+            usleep(20_000)
+        }
+        // A finished stream's last bytes may still be queued for its client: flush them, then
+        // wait for clients and bridges to close their ends (bounded: a peer that never reads is
+        // cut when the loops stop).
+        for handle in group.handles {
+            _ = handle.execute { loop in loop.closeAllConnections() }
+        }
         let flushDeadline = EventLoop.monotonicMilliseconds() + 2_000
         while EventLoop.monotonicMilliseconds() < flushDeadline,
               group.handles.contains(where: { $0.stats.openConnections.load(ordering: .relaxed) > 0 }) {
@@ -501,17 +508,22 @@ public final class Relay: Sendable {
         shutdown()
     }
 
-    /// Streams in flight on all workers (asks each loop; for drain, not the data path). nil
-    /// when a loop did not answer in time: unknown is not zero.
+    /// Streams in flight on all workers (for drain, not the data path). nil when a loop did not
+    /// answer in time: unknown is not zero.
     func activeStreams() -> Int? {
+        countOnLoops { $0.sessions.sessions.values.reduce(0) { $0 + $1.activeStreams } }
+    }
+
+    /// Sums `count` over every worker, asking each loop (blocking, up to a second; nil when a
+    /// loop did not answer).
+    private func countOnLoops(_ count: @escaping @Sendable (RelayContext) -> Int) -> Int? {
         let total = Atomic<Int>(0)
         let done = Atomic<Int>(0)
         let directory = workers
         var posted = 0
         for handle in group.handles {
             let accepted = handle.execute { loop in
-                let count = directory.context(of: loop.index)?.sessions.sessions.values.reduce(0) { $0 + $1.activeStreams } ?? 0
-                total.add(count, ordering: .relaxed)
+                total.add(directory.context(of: loop.index).map(count) ?? 0, ordering: .relaxed)
                 done.add(1, ordering: .releasing)
             }
             if accepted { posted += 1 }
