@@ -15,6 +15,10 @@ public enum ControlMessage: Sendable, Equatable {
     /// A bridge could not be parked (it was mid-message, or broke the protocol): the relay
     /// closes it.
     case parkFailed(attachID: UInt64, reason: String)
+    /// The worker's running totals of the counters only it can see (quota refusals, bridge
+    /// protocol errors...), in the order the relay defines; the relay adds the increase to its
+    /// own metrics. Totals rather than deltas, so a lost or repeated message cannot skew them.
+    case counters([UInt64])
 
     // Relay → worker.
     /// New limits and timeouts (a reload).
@@ -27,6 +31,7 @@ public enum ControlMessage: Sendable, Equatable {
     case close(attachID: UInt64, code: UInt16, reason: String)
 
     public static let maxSize = 16 * 1024
+    public static let maxCounters = 64
     public static let protocolVersion: UInt16 = 1
 
     private var type: UInt8 {
@@ -37,6 +42,7 @@ public enum ControlMessage: Sendable, Equatable {
         case .parkBusy: return 4
         case .snapshot: return 5
         case .parkFailed: return 6
+        case .counters: return 7
         case .configure: return 20
         case .park: return 21
         case .goAway: return 22
@@ -58,6 +64,10 @@ public enum ControlMessage: Sendable, Equatable {
         case .parkFailed(let id, let reason):
             body.u64(id)
             body.string(reason)
+        case .counters(let values):
+            let count = min(values.count, ControlMessage.maxCounters)
+            body.u16(UInt16(count))
+            for value in values.prefix(count) { body.u64(value) }
         case .configure(let settings): settings.encode(into: &body)
         case .goAway(let id): body.u64(id)
         case .close(let id, let code, let reason):
@@ -81,6 +91,13 @@ public enum ControlMessage: Sendable, Equatable {
         case 4: message = .parkBusy(streams: try r.u32())
         case 5: message = .snapshot(attachID: try r.u64(), state: try BridgeState.decode(&r))
         case 6: message = .parkFailed(attachID: try r.u64(), reason: try r.string(maxBytes: 1024))
+        case 7:
+            let count = Int(try r.u16())
+            guard count <= ControlMessage.maxCounters else { throw .invalid("\(count) counters") }
+            var values: [UInt64] = []
+            values.reserveCapacity(count)
+            for _ in 0..<count { values.append(try r.u64()) }
+            message = .counters(values)
         case 20: message = .configure(try WorkerSettings.decode(&r))
         case 21: message = .park
         case 22: message = .goAway(attachID: try r.u64())

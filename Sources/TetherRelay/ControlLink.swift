@@ -12,6 +12,8 @@ final class ControlLink: ConnectionHandler {
     private weak var connection: Connection?
     private var ready = false
     private var closeReason = "control link closed by the worker"
+    /// The worker's last reported counter totals (RelayStats.workerTotals order).
+    private var workerTotals: [UInt64] = []
 
     /// The worker must answer its preamble within this long.
     static let readyTimeoutMilliseconds: UInt64 = 10_000
@@ -76,8 +78,22 @@ final class ControlLink: ConnectionHandler {
         case .parkFailed(let id, let reason):
             context.tunnelLogger.notice("bridge could not be parked", metadata: ["session": "\(session.id)", "reason": "\(reason)"])
             context.workerSnapshot(session, id, nil)
+        case .counters(let totals):
+            addWorkerCounters(totals)
         case .configure, .park, .goAway, .close:
             fail(connection, "the worker sent a relay command")
+        }
+    }
+
+    /// Only increases count: totals are monotonic, so a repeated or reordered report (or a
+    /// worker that sends smaller numbers) adds nothing.
+    private func addWorkerCounters(_ totals: [UInt64]) {
+        if workerTotals.count < totals.count {
+            workerTotals += repeatElement(0, count: totals.count - workerTotals.count)
+        }
+        for (index, total) in totals.enumerated() where total > workerTotals[index] {
+            context.stats.addWorkerIncrease(at: index, total - workerTotals[index])
+            workerTotals[index] = total
         }
     }
 

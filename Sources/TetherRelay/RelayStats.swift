@@ -161,3 +161,31 @@ enum SessionRemovalReason: Int, CaseIterable {
         }
     }
 }
+
+/// Docker isolation: the counters only a session worker can see (it enforces the session's
+/// quotas and speaks tether.v1 with bridges it holds). The worker reports their totals on its
+/// control link in this order; the relay adds each increase to its own, so /metrics counts a
+/// refusal the same in either isolation mode. Counters both sides see (requests, responses,
+/// streams) are counted by the relay alone.
+extension RelayStats {
+    var workerTotals: [UInt64] {
+        var out = quotaRejections.map(\.current)
+        out.append(webSocketProtocolErrors.load(ordering: .relaxed))
+        out.append(tunnelProtocolErrors.load(ordering: .relaxed))
+        out.append(tunnelPingTimeouts.load(ordering: .relaxed))
+        out.append(streamResetsReceived.load(ordering: .relaxed))
+        return out
+    }
+
+    func addWorkerIncrease(at index: Int, _ n: UInt64) {
+        let quotas = quotaRejections.count
+        switch index - quotas {
+        case ..<0: quotaRejections[index].value.addFromOwner(n)
+        case 0: webSocketProtocolErrors.addFromOwner(n)
+        case 1: tunnelProtocolErrors.addFromOwner(n)
+        case 2: tunnelPingTimeouts.addFromOwner(n)
+        case 3: streamResetsReceived.addFromOwner(n)
+        default: break
+        }
+    }
+}

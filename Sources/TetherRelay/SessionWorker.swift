@@ -258,6 +258,10 @@ final class WorkerControl: ConnectionHandler {
     private let worker: WorkerState
     private var decoder = ControlMessageDecoder()
     private weak var connection: Connection?
+    private var reportedTotals: [UInt64] = []
+
+    /// How often counter totals go to the relay (when they changed): a scrape lags by at most this.
+    static let counterIntervalMilliseconds: UInt64 = 250
 
     init(context: RelayContext, worker: WorkerState) {
         self.context = context
@@ -274,6 +278,23 @@ final class WorkerControl: ConnectionHandler {
         // The session exists from the start: its quotas apply to the first request.
         _ = context.openSession(for: Identity(session: worker.session), cause: "api")
         send(.ready(version: ControlMessage.protocolVersion))
+        scheduleCounterReport()
+    }
+
+    private func scheduleCounterReport() {
+        _ = context.loop.schedule(afterMilliseconds: WorkerControl.counterIntervalMilliseconds) { [weak self] in
+            guard let self, let connection = self.connection, connection.isOpen else { return }
+            self.reportCounters()
+            self.scheduleCounterReport()
+        }
+    }
+
+    /// Sends the totals if they changed (also right before a park, since the worker exits soon after).
+    private func reportCounters() {
+        let totals = context.stats.workerTotals
+        guard totals != reportedTotals else { return }
+        reportedTotals = totals
+        send(.counters(totals))
     }
 
     func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
@@ -294,6 +315,7 @@ final class WorkerControl: ConnectionHandler {
             let streams = context.sessions.existing(worker.session)?.activeStreams ?? 0
             if streams == 0 {
                 worker.parking = true
+                reportCounters()
                 send(.parkReady)
             } else {
                 send(.parkBusy(streams: UInt32(clamping: streams)))
@@ -306,7 +328,7 @@ final class WorkerControl: ConnectionHandler {
             }
         case .close(let id, let code, let reason):
             worker.bridges[id]?.close(code: code, reason: reason, kind: .shutdown)
-        case .ready, .attached, .parkReady, .parkBusy, .snapshot, .parkFailed:
+        case .ready, .attached, .parkReady, .parkBusy, .snapshot, .parkFailed, .counters:
             context.logger.warning("unexpected control message from the relay")
         }
     }

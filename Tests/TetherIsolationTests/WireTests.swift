@@ -90,6 +90,7 @@ final class PreambleTests: XCTestCase {
             .snapshot(attachID: 42, state: state), .snapshot(attachID: 43, state: .legacy(bridgeID: "x")),
             .parkFailed(attachID: 44, reason: "mid-message"), .configure(settings), .park, .goAway(attachID: 0),
             .close(attachID: 9, code: 1001, reason: "relay shutting down"),
+            .counters([]), .counters([0, 3, .max, 12]),
         ]
         let stream = messages.flatMap { $0.encoded() }
         for step in [1, 2, 3, 7, 64, stream.count] {
@@ -110,5 +111,22 @@ final class PreambleTests: XCTestCase {
         var oversized = ControlMessageDecoder()
         oversized.feed([0, 1, 0, 0])
         XCTAssertThrowsError(try oversized.next()) { XCTAssertEqual($0 as? WireError, .tooLarge(65_536)) }
+    }
+
+    func testCounterReportsAreBounded() throws {
+        // The encoder never writes more than the decoder takes.
+        let many = ControlMessage.counters(Array(repeating: 1, count: ControlMessage.maxCounters + 5)).encoded()
+        var decoder = ControlMessageDecoder()
+        decoder.feed(many)
+        XCTAssertEqual(try decoder.next(), .counters(Array(repeating: 1, count: ControlMessage.maxCounters)))
+        // A worker claiming more is refused, as is a count its bytes do not cover.
+        var body: [UInt8] = [7, 0, UInt8(ControlMessage.maxCounters + 1)]
+        body += Array(repeating: 0, count: 8 * (ControlMessage.maxCounters + 1))
+        var refused = ControlMessageDecoder()
+        refused.feed([0, 0, UInt8(body.count >> 8), UInt8(body.count & 0xff)] + body)
+        XCTAssertThrowsError(try refused.next())
+        var short = ControlMessageDecoder()
+        short.feed([0, 0, 0, 11, 7, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1])
+        XCTAssertThrowsError(try short.next())
     }
 }

@@ -290,6 +290,47 @@ def test_streaming_through_a_container_parked_when_idle_and_revived(iso_relay, d
     run(main(), timeout=120)
 
 
+def test_quota_refusals_inside_the_container_reach_the_relays_metrics(iso_relay, docker_engine, mint_token):
+    """The worker enforces the session's quotas; its refusals must still show in the relay's
+    tether_quota_rejections_total, exactly, including those just before a park (the worker
+    exits right after it)."""
+    relay = iso_relay("--rate-limit", "0.2", "--rate-burst", "3", "--session-idle-timeout", "2",
+                      "--tunnel-ping-interval", "0.5")
+    tok = mint_token("carol")
+    rate = 'tether_quota_rejections_total{quota="rate"}'
+    refused_429 = 'tether_requests_total{code="429"}'
+
+    async def main():
+        async with bridge(relay, tok, name="carol-desk") as b:
+            await await_until(lambda: session_containers(docker_engine, "carol"), 15, "carol's container")
+            before = metrics(relay)
+            codes = []
+            for _ in range(8):
+                r = await http(relay, "GET", "/api/ollama/info", tok)
+                codes.append(r.status)
+                if r.status == 429:
+                    assert_error(r, 429, "RATE_LIMITED")
+            refused = codes.count(429)
+            assert refused >= 4 and codes.count(200) >= 1, codes
+            # Reported within a fraction of a second, and counted once.
+            wait_until(lambda: metrics(relay).get(rate, 0) - before.get(rate, 0) >= refused, 5,
+                       "the worker's refusals in the relay's metrics")
+            after = metrics(relay)
+            assert after[rate] - before.get(rate, 0) == refused, (codes, after[rate], before.get(rate))
+            assert after[refused_429] - before.get(refused_429, 0) == refused
+            for quota in ("streams", "bridges", "body_size", "capacity"):
+                assert after.get(f'tether_quota_rejections_total{{quota="{quota}"}}', 0) == 0, quota
+
+            # One more refusal right before the park: it still arrives.
+            r = await http(relay, "GET", "/api/ollama/info", tok)
+            assert_error(r, 429, "RATE_LIMITED")
+            await await_until(lambda: not session_containers(docker_engine, "carol"), 20, "the idle container to go")
+            assert metrics(relay)[rate] - before.get(rate, 0) == refused + 1
+            b.assert_clean()
+
+    run(main(), timeout=90)
+
+
 def test_legacy_bridge_through_a_container_and_a_park(iso_relay, docker_engine, mint_token):
     relay = iso_relay("--session-idle-timeout", "1.5")
     tok = mint_token("lena")
