@@ -132,10 +132,12 @@ cgroup_memory() {  # PID
 
 # The engine alone, no Tether: SESSIONS containers of the same definition created and started
 # at once through the API, until each worker's socket exists. The floor of any cold start.
-engine_baseline() {
-    python3 - "$WORK/docker.sock" "$SESSIONS" "$WORK/baseline" <<'PY'
+# With "precreated", every container is created beforehand and only the starts are timed: the
+# floor even if a session's next container were created ahead of its next request.
+engine_baseline() {  # fresh|precreated
+    python3 - "$WORK/docker.sock" "$SESSIONS" "$WORK/baseline-$1" "$1" <<'PY'
 import http.client, json, os, socket, sys, threading, time, hashlib
-sock, n, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sock, n, run, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 os.makedirs(run, exist_ok=True)
 class C(http.client.HTTPConnection):
     def __init__(self): super().__init__("docker", timeout=120)
@@ -145,8 +147,8 @@ def call(method, path, body=None):
     c = C(); c.request(method, path, json.dumps(body) if body is not None else None, {"Content-Type": "application/json"})
     r = c.getresponse(); data = r.read(); c.close(); return r.status, data
 times, ids = [], []
-def one(i):
-    sid = hashlib.sha256(f"baseline-{i}".encode()).hexdigest()
+def create(i):
+    sid = hashlib.sha256(f"baseline-{mode}-{i}".encode()).hexdigest()
     d = f"{run}/{sid}"; os.makedirs(d); os.chown(d, -1, 1001); os.chmod(d, 0o770)
     spec = {"Image": "tether-session:bench", "User": "1001:1001", "NetworkDisabled": True,
             "Cmd": ["/tether-relay", "session-worker", "--socket", "/run/tether/worker.sock", "--session", sid],
@@ -155,9 +157,13 @@ def one(i):
                            "SecurityOpt": ["no-new-privileges"], "Memory": 512 << 20, "MemorySwap": 512 << 20,
                            "NanoCpus": 500000000, "PidsLimit": 64, "IpcMode": "private",
                            "Ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}], "Binds": [f"{d}:/run/tether"]}}
-    t0 = time.monotonic()
-    _, data = call("POST", f"/v1.41/containers/create?name=baseline-{i}", spec)
+    _, data = call("POST", f"/v1.41/containers/create?name=baseline-{mode}-{i}", spec)
     cid = json.loads(data)["Id"]; ids.append(cid)
+    return cid, d
+created = {i: create(i) for i in range(n)} if mode == "precreated" else {}
+def one(i):
+    t0 = time.monotonic()
+    cid, d = created[i] if i in created else create(i)
     call("POST", f"/v1.41/containers/{cid}/start")
     while not os.path.exists(f"{d}/worker.sock"):
         time.sleep(0.001)
@@ -173,7 +179,9 @@ PY
 
 # -- 1. cold start -----------------------------------------------------------------------------
 log "engine baseline: $SESSIONS containers created and started at once, no Tether"
-read -r BASE_P50 BASE_MAX <<< "$(engine_baseline)"
+read -r BASE_P50 BASE_MAX <<< "$(engine_baseline fresh)"
+log "engine baseline: $SESSIONS containers created beforehand, started at once"
+read -r PRE_P50 PRE_MAX <<< "$(engine_baseline precreated)"
 ISO_PORT=$(free_port); ISO_ADMIN=$(free_port)
 start_relay isolated "$ISO_PORT" "$ISO_ADMIN" --isolation docker --docker-socket "$WORK/docker.sock" \
     --isolation-image tether-session:bench --isolation-run-dir "$WORK/run" --isolation-instance bench \
@@ -306,6 +314,7 @@ OUT="$BENCH_DIR/results/isolation.md"
     echo
     echo "The engine alone, same container definition, $SESSIONS created and started at once through the API"
     echo "until each worker's socket exists (no Tether, no cap): median ${BASE_P50} ms, slowest ${BASE_MAX} ms."
+    echo "The same $SESSIONS created beforehand, only started at once: median ${PRE_P50} ms, slowest ${PRE_MAX} ms."
     echo
     echo "## Host memory per idle container ($N containers)"
     echo
