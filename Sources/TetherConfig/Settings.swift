@@ -244,6 +244,10 @@ public enum Settings {
                 "Apply the per-address limits to loopback clients too (a local reverse proxy shares one address).") { c, v in
             if case .bool(let b) = v { c.relay.addressLimitsExemptLoopback = !b }
         },
+        Setting("limits.ipv6_prefix", flag: "limit-ipv6-prefix", .integer(1...128), default: "\(d.addressLimitsIPv6PrefixLength)",
+                "IPv6 clients share a per-address bucket per prefix of this length (64: one per /64, which one host usually holds whole; 128: per address).") { c, v in
+            if case .integer(let n) = v { c.relay.addressLimitsIPv6PrefixLength = n }
+        },
     ]
 
     static let sessions: [Setting] = [

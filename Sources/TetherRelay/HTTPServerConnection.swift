@@ -428,7 +428,7 @@ final class HTTPServerConnection: ConnectionHandler {
     func limitedAddress(_ connection: Connection) -> AddressKey? {
         guard let remote = connection.remoteAddress else { return nil }
         if remote.isLoopback && context.configuration.addressLimitsExemptLoopback { return nil }
-        return AddressKey(remote.bytes)
+        return AddressKey(remote.bytes).masked(ipv6PrefixLength: context.configuration.addressLimitsIPv6PrefixLength)
     }
 
     /// Retry-After seconds while the address has used up its failed authentications.

@@ -58,6 +58,9 @@ public struct RelayConfiguration: Sendable {
     public var authFailureBurstPerAddress: Double = 10
     /// Loopback clients (a reverse proxy on the same host, local tools) skip per-address limits.
     public var addressLimitsExemptLoopback = true
+    /// IPv6 clients are keyed by this prefix: a host usually holds a whole /64 and could
+    /// otherwise rotate addresses for a fresh bucket each time.
+    public var addressLimitsIPv6PrefixLength = 64
     public var auditLog = AuditLog.Destination.standardOutput
 
     // Operations (docs/CONFIGURATION.md).

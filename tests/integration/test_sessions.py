@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -495,9 +496,10 @@ def test_max_connections_answers_503(tunnel_relay_factory):
 
 
 def _bound_request(relay, source: str, token: str | None) -> bytes:
-    s = socket.socket()
+    v6 = ":" in source
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
     s.bind((source, 0))
-    s.connect(("127.0.0.1", relay.port))
+    s.connect((source if v6 else "127.0.0.1", relay.port))
     auth = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
     s.sendall(b"GET /api/ollama/info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + auth + b"\r\n")
     s.settimeout(5)
@@ -521,6 +523,48 @@ def test_failed_auth_limit_per_address(tunnel_relay_factory, mint_token):
     assert not _bound_request(relay, "127.0.0.3", good).startswith(b"HTTP/1.1 429")
     failures = wait_audit(relay, "auth_failure")
     assert failures and failures[0]["address"] == "127.0.0.2" and failures[0]["reason"] == "malformed"
+
+
+# Documentation-range style ULA addresses on the loopback interface: two in one /64, one in
+# another. Not loopback addresses to the relay, so its per-address limits apply to them.
+V6_A1, V6_A2, V6_B = "fd00:7e7e:0:1::1", "fd00:7e7e:0:1::2", "fd00:7e7e:0:2::1"
+
+
+@pytest.fixture
+def ipv6_sources():
+    added = []
+    try:
+        for address in (V6_A1, V6_A2, V6_B):
+            r = subprocess.run(["ip", "-6", "addr", "add", f"{address}/128", "dev", "lo", "nodad"],
+                               capture_output=True, text=True)
+            if r.returncode != 0 and "File exists" not in r.stderr:
+                pytest.fail(f"cannot add {address} to lo (needs root and IPv6): {r.stderr.strip()}", pytrace=False)
+            added.append(address)
+        yield
+    finally:
+        for address in added:
+            subprocess.run(["ip", "-6", "addr", "del", f"{address}/128", "dev", "lo"], capture_output=True)
+
+
+@pytest.mark.parametrize("prefix", [None, "128"])
+def test_ipv6_clients_share_a_bucket_per_64(tunnel_relay_factory, mint_token, ipv6_sources, prefix):
+    """An IPv6 client cannot escape the failed-auth limit by picking another address from its
+    /64 (the default), unless the operator keys by whole address."""
+    extra = ("--limit-ipv6-prefix", prefix) if prefix else ()
+    relay = quota_relay(tunnel_relay_factory, "--host", "::", "--auth-failure-rate", "0.01", "--auth-failure-burst", "3",
+                        *extra)
+    good = mint_token("alice")
+    for _ in range(3):
+        assert _bound_request(relay, V6_A1, "not-a-token").startswith(b"HTTP/1.1 401")
+    sibling = _bound_request(relay, V6_A2, good)
+    if prefix is None:
+        assert sibling.startswith(b"HTTP/1.1 429") and b"AUTH_RATE_LIMITED" in sibling, sibling
+    else:
+        assert not sibling.startswith(b"HTTP/1.1 429"), sibling
+    # Another /64 is another client.
+    assert not _bound_request(relay, V6_B, good).startswith(b"HTTP/1.1 429")
+    failures = wait_audit(relay, "auth_failure")
+    assert failures and failures[0]["address"] == V6_A1, failures
 
 
 def test_handshake_limit_per_address_4029(tunnel_relay_factory, mint_token):
