@@ -1,4 +1,6 @@
 import Logging
+import TetherQuota
+import TetherRelay
 
 /// A setting's parsed value.
 public enum SettingValue: Sendable, Equatable {
@@ -10,6 +12,8 @@ public enum SettingValue: Sendable, Equatable {
     case port(Int?)
     /// Log levels by logger label (log.levels).
     case levels([String: Logger.Level])
+    /// IP networks (limits.trusted_proxies).
+    case prefixes([AddressPrefix])
 }
 
 /// What a setting accepts. Every source (file, environment, flag) is parsed from text by the
@@ -33,6 +37,9 @@ public enum SettingKind: Sendable {
     case port(allowOff: Bool)
     /// `label=level` pairs, comma separated (flags and environment) or a mapping (file).
     case levels
+    /// IP networks (`10.0.0.0/8`, `fd00::/64`, bare addresses), comma separated (flags and
+    /// environment) or a list (file); empty for none.
+    case prefixes
 
     /// One-word description for --help and the docs.
     public var placeholder: String {
@@ -47,6 +54,7 @@ public enum SettingKind: Sendable {
         case .choice(let options): return options.joined(separator: "|")
         case .port(let allowOff): return allowOff ? "<port|off>" : "<port>"
         case .levels: return "<label=level>"
+        case .prefixes: return "<cidr,...>"
         }
     }
 
@@ -65,6 +73,7 @@ public enum SettingKind: Sendable {
         case .choice(let options): return "one of " + options.joined(separator: ", ")
         case .port(let allowOff): return allowOff ? "a port 0...65535 or off" : "a port 0...65535"
         case .levels: return "label=level pairs (levels: \(SettingKind.levelNames))"
+        case .prefixes: return "IP networks such as 10.0.0.0/8 or fd00::/64, comma separated (a list in the file)"
         }
     }
 
@@ -142,6 +151,17 @@ public enum SettingKind: Sendable {
                 }
             }
             return .success(.levels(levels))
+        case .prefixes:
+            var prefixes: [AddressPrefix] = []
+            for item in text.split(separator: ",") {
+                let entry = item.trimmingSpaces
+                if entry.isEmpty { continue }
+                guard let prefix = AddressPrefix.parse(entry) else {
+                    return fail("expected an IP network such as 10.0.0.0/8, fd00::/64 or 192.0.2.7, got \"\(entry)\"")
+                }
+                prefixes.append(prefix)
+            }
+            return .success(.prefixes(prefixes))
         }
     }
 

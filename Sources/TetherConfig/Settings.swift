@@ -248,6 +248,10 @@ public enum Settings {
                 "IPv6 clients share a per-address bucket per prefix of this length (64: one per /64, which one host usually holds whole; 128: per address).") { c, v in
             if case .integer(let n) = v { c.relay.addressLimitsIPv6PrefixLength = n }
         },
+        Setting("limits.trusted_proxies", flag: "trusted-proxies", .prefixes, default: "none",
+                "Reverse proxies or load balancers whose X-Forwarded-For (and X-Forwarded-Proto) the relay believes: from these peers, the client is the nearest untrusted address in X-Forwarded-For, for per-address limits, audit lines and what the bridge sees. Empty: every peer is the client.") { c, v in
+            if case .prefixes(let p) = v { c.relay.trustedProxies = p }
+        },
     ]
 
     static let sessions: [Setting] = [

@@ -120,6 +120,18 @@ enum ConfigurationFile {
             }
             return ok ? RawValue(setting: setting, input: .parsed(.levels(levels)), source: source) : nil
         }
+        if case .prefixes = setting.kind, case .sequence(let items) = node {
+            var texts: [String] = []
+            for item in items {
+                guard let text = item.scalar?.string else {
+                    reading.issues.append(ConfigurationIssue(key: setting.key, source: ConfigurationFile.source(pathOf(source), item),
+                                                             problem: "expected an IP network, found \(kind(item))"))
+                    return nil
+                }
+                texts.append(text)
+            }
+            return RawValue(setting: setting, input: .text(texts.joined(separator: ",")), source: source)
+        }
         guard let scalar = node.scalar else {
             reading.issues.append(ConfigurationIssue(key: setting.key, source: source,
                                                      problem: "expected \(setting.kind.expectation), found \(kind(node))"))

@@ -48,6 +48,14 @@ public struct AddressKey: Hashable, Sendable, CustomStringConvertible {
         return key
     }
 
+    /// For IPv4 keys, the address with all but the first `bits` of its 32 bits cleared.
+    func maskedIPv4(_ bits: Int) -> AddressKey {
+        guard length == 4 else { return self }
+        var key = self
+        key.high &= Self.mask(bits) >> 32
+        return key
+    }
+
     /// The first `bits` bits of a UInt64 set (clamped to 0...64).
     private static func mask(_ bits: Int) -> UInt64 {
         if bits <= 0 { return 0 }

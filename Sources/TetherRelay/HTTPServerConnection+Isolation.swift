@@ -75,8 +75,9 @@ extension HTTPServerConnection {
             || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
         session.requestCount &+= 1
         decoder.limits.maxBodySize = min(decoder.limits.maxBodySize, session.profile.maxBodyBytes)
-        let link = WorkerLink(context: context, session: session, head: head, peer: connection.remoteAddress,
-                              tls: connection.isTLS, hasBody: hasBody)
+        let origin = clientOrigin(head, connection)
+        let link = WorkerLink(context: context, session: session, head: head, peer: origin.address,
+                              tls: origin.tls, hasBody: hasBody)
         let tunnelHead = TunnelRequestHead(method: head.method, target: head.target)
         guard let stream = link.openStream(tunnelHead, endStream: !hasBody, client: self) else {
             refuseIsolated(head, IsolationFailure(.containerDied, "the session's container is not answering"),

@@ -104,7 +104,7 @@ extension HTTPServerConnection: StreamClient {
         }
         context.activate(session, now: now, cause: "request")
         if let refusal = admit(head, session, now: now) {
-            context.recordQuotaRejection(refusal.quota, session: session.id, peer: connection.remoteAddress)
+            context.recordQuotaRejection(refusal.quota, session: session.id, peer: clientOrigin(head, connection).address)
             // An oversized body is not read: the connection closes after the answer.
             let keep = keepAlive && refusal.status != 413
             respond(connection, status: refusal.status, code: refusal.code, message: refusal.message, keepAlive: keep,
@@ -127,8 +127,8 @@ extension HTTPServerConnection: StreamClient {
         session.requestCount &+= 1
         // A chunked body over the tier's limit fails when it gets there (413 or a cut stream).
         decoder.limits.maxBodySize = min(decoder.limits.maxBodySize, session.profile.maxBodyBytes)
-        let tunnelHead = HTTPServerConnection.tunnelHead(for: head, remote: trusted?.peer ?? connection.remoteAddress,
-                                                         tls: trusted?.tls ?? connection.isTLS)
+        let origin = clientOrigin(head, connection)
+        let tunnelHead = HTTPServerConnection.tunnelHead(for: head, remote: origin.address, tls: origin.tls)
         let hasBody = head.headers.containsToken("chunked", in: "transfer-encoding")
             || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
         guard let stream = bridge.openStream(tunnelHead, endStream: !hasBody, client: self) else {

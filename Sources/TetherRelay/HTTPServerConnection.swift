@@ -370,7 +370,8 @@ final class HTTPServerConnection: ConnectionHandler {
             return
         }
         let keepAlive = head.isKeepAlive
-        let address = limitedAddress(connection)
+        let origin = clientOrigin(head, connection)
+        let address = limitedAddress(origin.address)
         if let address, let retryAfter = authFailuresExceeded(address) {
             respond(connection, status: 429, code: "AUTH_RATE_LIMITED",
                     message: "too many failed authentications from this address", keepAlive: keepAlive,
@@ -380,7 +381,7 @@ final class HTTPServerConnection: ConnectionHandler {
         }
         let identity: Identity
         switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: false)?.token, address: address,
-                           connection: connection, kind: "http") {
+                           peer: origin.address, kind: "http") {
         case .success(let verified):
             identity = verified
         case .failure(let failure):
@@ -406,7 +407,7 @@ final class HTTPServerConnection: ConnectionHandler {
         }
     }
 
-    func verifyToken(_ token: Substring?, address: AddressKey?, connection: Connection,
+    func verifyToken(_ token: Substring?, address: AddressKey?, peer: SocketAddress?,
                      kind: String) -> Result<Identity, AuthFailure> {
         let result: Result<Identity, AuthFailure>
         if let token {
@@ -417,16 +418,23 @@ final class HTTPServerConnection: ConnectionHandler {
         if case .failure(let failure) = result {
             context.stats.countAuthFailure(failure)
             if let address { _ = context.shared.authFailureLimiter.allow(address, now: context.loop.nowMilliseconds) }
-            context.recordAuthFailure(failure, peer: connection.remoteAddress, kind: kind)
+            context.recordAuthFailure(failure, peer: peer, kind: kind)
             // The issuer may have just published the key: refetch soon (rate-limited, off-loop).
             if failure == .unknownKey { context.keyRefresher?.requestRefresh() }
         }
         return result
     }
 
+    /// Who sent this request (the peer, or the client a trusted proxy names).
+    func clientOrigin(_ head: HTTPRequestHead, _ connection: Connection) -> ClientOrigin {
+        if let trusted { return ClientOrigin(address: trusted.peer, tls: trusted.tls) }
+        return ClientOrigin.of(head, peer: connection.remoteAddress, tls: connection.isTLS,
+                               trusting: context.configuration.trustedProxies)
+    }
+
     /// The client's address for per-address limits; nil when limits do not apply to it.
-    func limitedAddress(_ connection: Connection) -> AddressKey? {
-        guard let remote = connection.remoteAddress else { return nil }
+    func limitedAddress(_ remote: SocketAddress?) -> AddressKey? {
+        guard let remote, remote.family != .unix else { return nil }
         if remote.isLoopback && context.configuration.addressLimitsExemptLoopback { return nil }
         return AddressKey(remote.bytes).masked(ipv6PrefixLength: context.configuration.addressLimitsIPv6PrefixLength)
     }
@@ -512,7 +520,8 @@ final class HTTPServerConnection: ConnectionHandler {
         let leftover = decoder.takeBufferedBytes()
         phase = .done
         // Reconnect storms and brute force, per client address (close 4029 with a reason).
-        let address = limitedAddress(connection)
+        let origin = clientOrigin(head, connection)
+        let address = limitedAddress(origin.address)
         if let address {
             let limiter = context.shared.handshakeLimiter
             if limiter.isEnabled && !limiter.allow(address, now: context.loop.nowMilliseconds) {
@@ -527,17 +536,17 @@ final class HTTPServerConnection: ConnectionHandler {
         }
         let identity: Identity
         switch verifyToken(TokenExtractor.token(in: head, allowSubprotocol: true)?.token,
-                           address: address, connection: connection, kind: "bridge") {
+                           address: address, peer: origin.address, kind: "bridge") {
         case .success(let verified):
             identity = verified
         case .failure(let failure):
             context.authLogger.notice("bridge refused", metadata: [
-                "reason": "\(failure.metricLabel)", "peer": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
+                "reason": "\(failure.metricLabel)", "peer": "\(origin.address.map { "\($0)" } ?? "?")"])
             refuseBridge(connection, code: 4001, reason: failure.reason)
             return
         }
         let home = context.homeWorker(of: identity.session)
-        let peer = connection.remoteAddress
+        let peer = origin.address
         let tls = connection.isTLS
         let makeBridge: @Sendable (RelayContext) -> any ConnectionHandler = { target in
             let protocolName = legacy ? "legacy-json" : TunnelProtocol.subprotocol

@@ -415,6 +415,7 @@ public final class Relay: Sendable {
         check("limits.auth_failure_burst", \.authFailureBurstPerAddress)
         check("limits.limit_loopback", \.addressLimitsExemptLoopback)
         check("limits.ipv6_prefix", \.addressLimitsIPv6PrefixLength)
+        check("limits.trusted_proxies", \.trustedProxies)
         check("admin.token", \.adminToken)
         check("admin.metrics_on_main", \.metricsOnMainListener)
         check("drain.timeout", \.drainTimeoutSeconds)

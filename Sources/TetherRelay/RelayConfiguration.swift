@@ -61,6 +61,9 @@ public struct RelayConfiguration: Sendable {
     /// IPv6 clients are keyed by this prefix: a host usually holds a whole /64 and could
     /// otherwise rotate addresses for a fresh bucket each time.
     public var addressLimitsIPv6PrefixLength = 64
+    /// Peers whose X-Forwarded-For names the client (ClientOrigin); none by default, since
+    /// any client can write that field.
+    public var trustedProxies: [AddressPrefix] = []
     public var auditLog = AuditLog.Destination.standardOutput
 
     // Operations (docs/CONFIGURATION.md).

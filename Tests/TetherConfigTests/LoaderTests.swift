@@ -142,6 +142,7 @@ import TetherRelay
             case .choice(let options): return options[1]
             case .port: return "4321"
             case .levels: return "a=debug"
+            case .prefixes: return "10.0.0.0/8"
             }
         }
         // Keys that only make sense with another one.
@@ -210,6 +211,33 @@ import TetherRelay
         let explicit = try load(flags: ["--limit-loopback", "true", "--metrics-on-main", "false"])
         #expect(!explicit.relay.addressLimitsExemptLoopback && !explicit.relay.metricsOnMainListener)
         #expect(try load(flags: ["--limit-loopback=yes"]).relay.addressLimitsExemptLoopback == false)
+    }
+
+    @Test func trustedProxiesFromAListCommasOrNothing() throws {
+        let scratch = try Scratch()
+        let file = try scratch.write("relay.yaml", """
+            limits:
+              trusted_proxies:
+                - 10.0.0.0/8
+                - "fd00::/64"
+                - 192.0.2.7
+            """)
+        let fromFile = try load(file: file).relay.trustedProxies
+        #expect(fromFile.map(\.description) == ["10.0.0.0/8", "fd00:0:0:0:0:0:0:0/64", "192.0.2.7/32"])
+        let fromEnv = try load(env: ["TETHER_TRUSTED_PROXIES": "127.0.0.1, ::1"]).relay.trustedProxies
+        #expect(fromEnv.map(\.description) == ["127.0.0.1/32", "0:0:0:0:0:0:0:1/128"])
+        // A flag overrides the file, even with nothing (trust no one).
+        #expect(try load(file: file, flags: ["--trusted-proxies", ""]).relay.trustedProxies.isEmpty)
+        #expect(try load().relay.trustedProxies.isEmpty)
+        // The network is masked: 10.1.2.3/8 is 10.0.0.0/8.
+        #expect(try load(flags: ["--trusted-proxies", "10.1.2.3/8"]).relay.trustedProxies.map(\.description) == ["10.0.0.0/8"])
+        for bad in ["10.0.0.0/33", "fd00::/129", "proxy.example.com", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/08x"] {
+            let found = issues(flags: ["--trusted-proxies", "127.0.0.1,\(bad)"])
+            #expect(found.count == 1 && found.first?.key == "limits.trusted_proxies", "\(bad): \(found)")
+            #expect(found.first?.problem.contains(bad) == true, "\(bad): \(found)")
+        }
+        let listOfMaps = try scratch.write("bad.yaml", "limits:\n  trusted_proxies:\n    - a: b\n")
+        #expect(issues(file: listOfMaps).first?.key == "limits.trusted_proxies")
     }
 
     @Test func theAdminListenerCanBeTurnedOff() throws {

@@ -47,6 +47,27 @@ private func v6(_ i: Int) -> AddressKey {
         #expect(a.masked(ipv6PrefixLength: 48).description == "2001:db8:102:0:0:0:0:0")
         #expect(v4(1, 2, 3, 4).masked(ipv6PrefixLength: 8) == v4(1, 2, 3, 4))
     }
+
+    @Test func networks() throws {
+        let ten = try #require(AddressPrefix(bytes: [10, 9, 8, 7], bits: 8))
+        #expect(ten.description == "10.0.0.0/8")
+        #expect(ten.contains(v4(10, 255, 0, 1)) && !ten.contains(v4(11, 0, 0, 1)))
+        let one = try #require(AddressPrefix(bytes: [192, 0, 2, 7], bits: nil))
+        #expect(one.bits == 32 && one.contains(v4(192, 0, 2, 7)) && !one.contains(v4(192, 0, 2, 8)))
+        #expect(try #require(AddressPrefix(bytes: [1, 2, 3, 4], bits: 0)).contains(v4(200, 1, 1, 1)))
+        let docs = try #require(AddressPrefix(bytes: [0x20, 0x01, 0x0d, 0xb8] + Array(repeating: 0, count: 12), bits: 32))
+        #expect(docs.contains(v6(77)) && !docs.contains(v4(32, 1, 13, 184)))
+        // IPv4 networks never match IPv6 clients, and the other way round.
+        #expect(!ten.contains(AddressKey([10] + Array(repeating: 0, count: 15))))
+        // An IPv4-mapped network is the IPv4 one; it matches mapped clients (folded to IPv4).
+        let mapped = try #require(AddressPrefix(bytes: Array(repeating: 0, count: 10) + [0xFF, 0xFF, 10, 0, 0, 0], bits: 104))
+        #expect(mapped == ten)
+        #expect(AddressPrefix(bytes: [10, 0, 0, 0], bits: 33) == nil)
+        #expect(AddressPrefix(bytes: [10, 0, 0, 0], bits: -1) == nil)
+        #expect(AddressPrefix(bytes: Array(repeating: 0, count: 16), bits: 129) == nil)
+        #expect(AddressPrefix(bytes: Array(repeating: 0, count: 10) + [0xFF, 0xFF, 10, 0, 0, 0], bits: 64) == nil)
+        #expect(AddressPrefix(bytes: [1, 2, 3], bits: nil) == nil)
+    }
 }
 
 @Suite struct AddressLimiterTests {
