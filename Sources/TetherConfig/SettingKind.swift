@@ -73,7 +73,7 @@ public enum SettingKind: Sendable {
         case .choice(let options): return "one of " + options.joined(separator: ", ")
         case .port(let allowOff): return allowOff ? "a port 0...65535 or off" : "a port 0...65535"
         case .levels: return "label=level pairs (levels: \(SettingKind.levelNames))"
-        case .prefixes: return "IP networks such as 10.0.0.0/8 or fd00::/64, comma separated (a list in the file)"
+        case .prefixes: return "IP networks such as 10.0.0.0/8 or fd00::/64, comma separated (a list in the file), or none"
         }
     }
 
@@ -152,6 +152,7 @@ public enum SettingKind: Sendable {
             }
             return .success(.levels(levels))
         case .prefixes:
+            if trimmed.lowercased() == "none" { return .success(.prefixes([])) }
             var prefixes: [AddressPrefix] = []
             for item in text.split(separator: ",") {
                 let entry = item.trimmingSpaces

@@ -32,7 +32,9 @@ public enum ControlMessage: Sendable, Equatable {
 
     public static let maxSize = 16 * 1024
     public static let maxCounters = 64
-    public static let protocolVersion: UInt16 = 1
+    /// 2: COUNTERS. The relay and its workers must come from the same build (their counter
+    /// order is the relay's); a mismatch is refused at READY.
+    public static let protocolVersion: UInt16 = 2
 
     private var type: UInt8 {
         switch self {

@@ -37,6 +37,15 @@ public struct AddressKey: Hashable, Sendable, CustomStringConvertible {
 
     public var isIPv4: Bool { length == 4 }
 
+    /// 127.0.0.0/8 (also as ::ffff:127.x.y.z, folded to IPv4) or ::1.
+    public var isLoopback: Bool {
+        switch length {
+        case 4: return (high >> 24) & 0xFF == 127
+        case 16: return high == 0 && low == 1
+        default: return false
+        }
+    }
+
     /// For IPv6 keys, the address with all but the first `bits` bits cleared (e.g. 64: one key
     /// per /64, since a single IPv6 client usually controls a whole /64 and could otherwise rotate
     /// addresses to get a fresh bucket each time). Other keys are returned unchanged.

@@ -14,6 +14,12 @@ final class ControlLink: ConnectionHandler {
     private var closeReason = "control link closed by the worker"
     /// The worker's last reported counter totals (RelayStats.workerTotals order).
     private var workerTotals: [UInt64] = []
+    /// A worker is believed only as far as the work it was given (see RelayStats.WorkerClaim):
+    /// a compromised container cannot inflate the relay-wide counters beyond that.
+    private var requestBaseline: UInt64 = 0
+    private var bridgesAttached: UInt64 = 0
+    private var credited: [RelayStats.WorkerClaim: UInt64] = [:]
+    private var overclaimLogged = false
 
     /// The worker must answer its preamble within this long.
     static let readyTimeoutMilliseconds: UInt64 = 10_000
@@ -65,9 +71,11 @@ final class ControlLink: ConnectionHandler {
                 return
             }
             ready = true
+            requestBaseline = session.requestCount
             connection.setDeadline(milliseconds: nil)
             context.workerReady(session, self)
         case .attached(let id):
+            bridgesAttached += 1
             context.bridgeAttached(session, id)
         case .parkReady:
             context.workerParkReady(session)
@@ -79,21 +87,37 @@ final class ControlLink: ConnectionHandler {
             context.tunnelLogger.notice("bridge could not be parked", metadata: ["session": "\(session.id)", "reason": "\(reason)"])
             context.workerSnapshot(session, id, nil)
         case .counters(let totals):
-            addWorkerCounters(totals)
+            addWorkerCounters(totals, session)
         case .configure, .park, .goAway, .close:
             fail(connection, "the worker sent a relay command")
         }
     }
 
     /// Only increases count: totals are monotonic, so a repeated or reordered report (or a
-    /// worker that sends smaller numbers) adds nothing.
-    private func addWorkerCounters(_ totals: [UInt64]) {
+    /// worker that sends smaller numbers) adds nothing; and no more is credited than the
+    /// requests and bridges this worker was given could account for.
+    private func addWorkerCounters(_ totals: [UInt64], _ session: Session) {
         if workerTotals.count < totals.count {
             workerTotals += repeatElement(0, count: totals.count - workerTotals.count)
         }
+        let requests = session.requestCount &- requestBaseline
+        var overclaimed = false
         for (index, total) in totals.enumerated() where total > workerTotals[index] {
-            context.stats.addWorkerIncrease(at: index, total - workerTotals[index])
+            let claimed = total - workerTotals[index]
             workerTotals[index] = total
+            guard let claim = context.stats.workerClaim(at: index) else { continue }
+            let given = claim == .bridge ? bridgesAttached : requests
+            let used = credited[claim, default: 0]
+            let accepted = min(claimed, given > used ? given - used : 0)
+            if accepted < claimed { overclaimed = true }
+            guard accepted > 0 else { continue }
+            credited[claim] = used + accepted
+            context.stats.addWorkerIncrease(at: index, accepted)
+        }
+        if overclaimed && !overclaimLogged {
+            overclaimLogged = true
+            context.logger.warning("session worker reported more refusals or errors than it had work for",
+                                   metadata: ["session": "\(session.id.hex)"])
         }
     }
 

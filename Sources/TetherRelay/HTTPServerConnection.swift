@@ -54,6 +54,8 @@ final class HTTPServerConnection: ConnectionHandler {
     /// In a session worker (Docker isolation): the relay authenticated the caller and says who
     /// it is and where it connected from; no token is checked here.
     var trusted: TrustedCaller?
+    /// The current request's client (ClientOrigin), worked out once per request.
+    private var origin: ClientOrigin?
 
     init(context: RelayContext) {
         self.context = context
@@ -250,6 +252,7 @@ final class HTTPServerConnection: ConnectionHandler {
     }
 
     private func handleHead(_ head: HTTPRequestHead, _ connection: Connection) {
+        origin = nil
         context.stats.requests.addFromOwner()
         connection.setDeadline(milliseconds: context.configuration.idleTimeoutMilliseconds)
         let keepAlive = head.isKeepAlive
@@ -371,7 +374,7 @@ final class HTTPServerConnection: ConnectionHandler {
         }
         let keepAlive = head.isKeepAlive
         let origin = clientOrigin(head, connection)
-        let address = limitedAddress(origin.address)
+        let address = limitedAddress(origin)
         if let address, let retryAfter = authFailuresExceeded(address) {
             respond(connection, status: 429, code: "AUTH_RATE_LIMITED",
                     message: "too many failed authentications from this address", keepAlive: keepAlive,
@@ -427,16 +430,21 @@ final class HTTPServerConnection: ConnectionHandler {
 
     /// Who sent this request (the peer, or the client a trusted proxy names).
     func clientOrigin(_ head: HTTPRequestHead, _ connection: Connection) -> ClientOrigin {
-        if let trusted { return ClientOrigin(address: trusted.peer, tls: trusted.tls) }
-        return ClientOrigin.of(head, peer: connection.remoteAddress, tls: connection.isTLS,
+        if let origin { return origin }
+        let found = trusted.map { ClientOrigin(address: $0.peer, tls: $0.tls) }
+            ?? ClientOrigin.of(head, peer: connection.remoteAddress, tls: connection.isTLS,
                                trusting: context.configuration.trustedProxies)
+        origin = found
+        return found
     }
 
-    /// The client's address for per-address limits; nil when limits do not apply to it.
-    func limitedAddress(_ remote: SocketAddress?) -> AddressKey? {
-        guard let remote, remote.family != .unix else { return nil }
-        if remote.isLoopback && context.configuration.addressLimitsExemptLoopback { return nil }
-        return AddressKey(remote.bytes).masked(ipv6PrefixLength: context.configuration.addressLimitsIPv6PrefixLength)
+    /// The client's address for per-address limits; nil when limits do not apply to it. Only a
+    /// loopback socket peer is exempt: a forwarded address could be anything a client wrote.
+    func limitedAddress(_ origin: ClientOrigin) -> AddressKey? {
+        guard let remote = origin.address, remote.family != .unix else { return nil }
+        let key = AddressKey(remote.bytes)
+        if key.isLoopback && !origin.forwarded && context.configuration.addressLimitsExemptLoopback { return nil }
+        return key.masked(ipv6PrefixLength: context.configuration.addressLimitsIPv6PrefixLength)
     }
 
     /// Retry-After seconds while the address has used up its failed authentications.
@@ -521,7 +529,7 @@ final class HTTPServerConnection: ConnectionHandler {
         phase = .done
         // Reconnect storms and brute force, per client address (close 4029 with a reason).
         let origin = clientOrigin(head, connection)
-        let address = limitedAddress(origin.address)
+        let address = limitedAddress(origin)
         if let address {
             let limiter = context.shared.handshakeLimiter
             if limiter.isEnabled && !limiter.allow(address, now: context.loop.nowMilliseconds) {

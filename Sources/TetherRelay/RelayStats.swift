@@ -177,6 +177,19 @@ extension RelayStats {
         return out
     }
 
+    /// What bounds a worker's claim on a counter: a refusal or a stream reset needs a request
+    /// the relay sent it; a protocol error or ping timeout ends a bridge the relay handed it.
+    enum WorkerClaim { case request, reset, bridge }
+
+    func workerClaim(at index: Int) -> WorkerClaim? {
+        switch index - quotaRejections.count {
+        case ..<0: return .request
+        case 0, 1, 2: return .bridge
+        case 3: return .reset
+        default: return nil
+        }
+    }
+
     func addWorkerIncrease(at index: Int, _ n: UInt64) {
         let quotas = quotaRejections.count
         switch index - quotas {

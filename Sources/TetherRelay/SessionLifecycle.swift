@@ -156,6 +156,11 @@ extension RelayContext {
         return settings
     }
 
+    /// host:port, or the host alone for an address from X-Forwarded-For (no port known).
+    static func auditAddress(_ peer: SocketAddress) -> String {
+        peer.port == 0 ? peer.host : peer.description
+    }
+
     func bridgeConnected(_ session: Session, peer: SocketAddress?, protocolName: String) {
         tunnelLogger.debug("bridge connected", metadata: [
             "session": "\(session.id)", "protocol": "\(protocolName)", "peer": "\(peer?.description ?? "?")",
@@ -163,7 +168,7 @@ extension RelayContext {
         if let kind = BridgeProtocol.allCases.first(where: { $0.label == protocolName }) {
             stats.bridgeConnects[kind.rawValue].addFromOwner()
         }
-        audit.record("bridge_connected", ["session": .string("\(session.id)"), "address": .string(peer?.description ?? ""),
+        audit.record("bridge_connected", ["session": .string("\(session.id)"), "address": .string(peer.map(Self.auditAddress) ?? ""),
                                           "protocol": .string(protocolName), "bridges": .int(session.bridges.count)])
     }
 
@@ -172,7 +177,7 @@ extension RelayContext {
         stats.bridgeDisconnects[kind.rawValue].addFromOwner()
         tunnelLogger.debug("bridge disconnected", metadata: [
             "session": "\(session.id)", "protocol": "\(protocolName)", "reason": "\(kind.label)", "detail": "\(reason)"])
-        audit.record("bridge_disconnected", ["session": .string("\(session.id)"), "address": .string(peer?.description ?? ""),
+        audit.record("bridge_disconnected", ["session": .string("\(session.id)"), "address": .string(peer.map(Self.auditAddress) ?? ""),
                                              "protocol": .string(protocolName), "reason": .string(reason),
                                              "kind": .string(kind.label),
                                              "bridges": .int(session.bridges.count)])

@@ -231,3 +231,48 @@ def test_trusted_proxies_reload_from_the_file(relay_factory, mint_token, jwt_sec
             assert await seen_as("127.0.0.2") == "127.0.0.2"
 
     run(main())
+
+
+def test_a_forwarded_loopback_address_is_not_exempt(tunnel_relay_factory, mint_token, front_proxy):
+    """Loopback peers are exempt from per-address limits (a local proxy) by default; an address
+    that only X-Forwarded-For names is a client like any other, whatever it says."""
+    relay = quota_relay(tunnel_relay_factory, "--auth-failure-rate", "0.01", "--auth-failure-burst", "3",
+                        "--trusted-proxies", "127.0.0.1/32")
+    nginx = front_proxy(relay)
+    tok = mint_token("alice")
+    for _ in range(3):
+        assert request_from("127.0.0.2", nginx.port, "/api/ollama/info", "not-a-token")[0] == 401
+    status, body = request_from("127.0.0.2", nginx.port, "/api/ollama/info", tok)
+    assert status == 429 and b"AUTH_RATE_LIMITED" in body, body
+    # nginx itself, straight to the relay, is still the exempt local peer.
+    for _ in range(5):
+        assert request_from("127.0.0.1", relay.port, "/api/ollama/info", "not-a-token")[0] == 401
+
+
+@pytest.mark.parametrize("header, client", [
+    ("192.0.2.9", "192.0.2.9"),
+    ("192.0.2.9:8080", "192.0.2.9"),
+    ("[2001:db8::7]:443", "2001:db8::7"),
+    ("2001:db8::7", "2001:db8::7"),
+    ("bogus, 192.0.2.9", "192.0.2.9"),
+    ("192.0.2.9, 127.0.0.3", "192.0.2.9"),  # .3 is a trusted hop: walked past
+    ("192.0.2.9, bogus", "127.0.0.2"),  # a broken entry stops the walk at the peer
+    ("192.0.2.9, localhost", "127.0.0.2"),  # names are not addresses
+    ("192.0.2.9:http", "127.0.0.2"),
+    ("[2001:db8::7]junk", "127.0.0.2"),
+    (", ".join(["192.0.2.9"] + ["127.0.0.5"] * 20), "127.0.0.5"),  # at most 16 hops walked
+    ("", "127.0.0.2"),
+])
+def test_x_forwarded_for_from_a_trusted_peer(tunnel_relay_factory, mint_token, header, client):
+    relay = tunnel_relay_factory("--trusted-proxies", "127.0.0.0/8")
+    tok = mint_token("alice")
+
+    async def main():
+        async with bridge(relay, tok, name="alice-desk"):
+            await wait_bridges(relay, tok, 1)
+            status, body = await asyncio.to_thread(request_from, "127.0.0.2", relay.port, "/api/ollama/info", tok,
+                                                   {"X-Forwarded-For": header, "X-Forwarded-Proto": "https"})
+            assert status == 200, body
+            assert forwarded(body) == {"for": client, "proto": "https"}, (header, body)
+
+    run(main())
