@@ -186,7 +186,13 @@ final class IsolatedBridge: ConnectionHandler, Bridge {
             case .goAway:
                 draining = true
             case .fail(let code, let reason, let kind):
-                if kind == .protocolError { context.stats.tunnelProtocolErrors.addFromOwner() }
+                if kind == .protocolError {
+                    if parked?.failedInWebSocket == true {
+                        context.stats.webSocketProtocolErrors.addFromOwner()
+                    } else {
+                        context.stats.tunnelProtocolErrors.addFromOwner()
+                    }
+                }
                 fail(code, reason, kind)
                 return
             case .peerClosed:

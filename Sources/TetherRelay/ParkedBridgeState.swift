@@ -37,6 +37,9 @@ final class ParkedBridgeState {
     private var raw: [UInt8]
     /// tether.v1: the bridge's HELLO arrived (a restored tunnel had it long ago).
     private(set) var greeted: Bool
+    /// The last failure broke WebSocket framing (1002/1009), not tether.v1 or the legacy
+    /// protocol: counted as tether_websocket_protocol_errors_total, as in process.
+    private(set) var failedInWebSocket = false
 
     /// A new tether.v1 bridge: our HELLO is queued.
     init(tunnel settings: TunnelSettings, maxMessage: Int) {
@@ -81,6 +84,7 @@ final class ParkedBridgeState {
         do {
             last = try scanner.scan(bytes).lastBoundary
         } catch {
+            failedInWebSocket = true
             return [.fail(code: 1009, reason: "message too big", kind: .protocolError)]
         }
         guard let last else {
@@ -138,6 +142,7 @@ final class ParkedBridgeState {
             case .close:
                 events.append(.peerClosed)
             case .protocolError:
+                failedInWebSocket = true
                 events.append(.fail(code: 1002, reason: "WebSocket protocol error", kind: .protocolError))
                 return events
             }

@@ -25,6 +25,7 @@ from async_http import IncompleteResponse, bearer, open_request, request
 from legacy_client import LegacyBridge
 from test_sessions import wait_audit
 from test_tunnel_relay import assert_error, blob, bridge, http, make_handler, run, wait_bridges
+from tether_testlib import OP_TEXT, ws_expect_close, ws_frame, ws_handshake
 from tunnel_fixtures import MiB, legacy_url, session_id
 
 pytestmark = pytest.mark.timeout(240)
@@ -329,6 +330,32 @@ def test_quota_refusals_inside_the_container_reach_the_relays_metrics(iso_relay,
             b.assert_clean()
 
     run(main(), timeout=90)
+
+
+def test_bridge_errors_caught_in_the_relay_are_counted_by_kind(iso_relay, mint_token):
+    """A bridge that has not said HELLO lives in the relay (ParkedBridgeState): broken
+    WebSocket framing counts as a WebSocket protocol error and a broken tether.v1 as a tunnel
+    protocol error, as they do in process."""
+    relay = iso_relay()
+    tok = mint_token("dora")
+    headers = {"Authorization": f"Bearer {tok}", "Sec-WebSocket-Protocol": "tether.v1"}
+
+    def broken(frame: bytes, code: int) -> None:
+        s, r, resp = ws_handshake(relay.port, "/ws/tunnel", headers=headers)
+        try:
+            assert resp.status == 101, resp.describe()
+            s.sendall(frame)
+            ws_expect_close(s, r, code)
+        finally:
+            s.close()
+
+    before = metrics(relay)
+    broken(ws_frame(OP_TEXT, b"hello", mask=False), 1002)
+    broken(ws_frame(OP_TEXT, b"tether.v1 is binary"), 1003)
+    after = wait_until(lambda: (m := metrics(relay))["tether_websocket_protocol_errors_total"]
+                       - before["tether_websocket_protocol_errors_total"] >= 1 and m, 5, "the errors counted")
+    assert after["tether_websocket_protocol_errors_total"] - before["tether_websocket_protocol_errors_total"] == 1
+    assert after["tether_tunnel_protocol_errors_total"] - before["tether_tunnel_protocol_errors_total"] == 1
 
 
 def test_legacy_bridge_through_a_container_and_a_park(iso_relay, docker_engine, mint_token):
