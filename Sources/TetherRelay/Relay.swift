@@ -536,6 +536,9 @@ public final class Relay: Sendable {
     }
 
     public func shutdown() {
+        // A reload still running (a SIGHUP during the drain) finishes first: it may touch the
+        // loops and the key refresher, and its thread's OpenSSL state must be freed before exit.
+        BackgroundThread.waitForRunning(upToMilliseconds: 5_000)
         isolation?.stopping.store(true, ordering: .relaxed)
         group.shutdown()
         // The workers exit with their control links; their containers go too.
