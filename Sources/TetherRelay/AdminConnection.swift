@@ -118,7 +118,7 @@ final class AdminConnection: ConnectionHandler {
         case .starting: reason = "starting: listeners or verification keys not ready yet"
         case .draining: reason = "draining: finishing streams in flight before exit"
         }
-        return (503, "{\"status\":\"\(readiness.label)\",\"reason\":\(JSON.quote(reason))}")
+        return (503, "{\"status\":\"\(readiness.label)\",\"reason\":\(JSONString.quote(reason))}")
     }
 
     /// Bearer token, compared in constant time. Refusals are counted and audited.
@@ -313,8 +313,8 @@ final class AdminConnection: ConnectionHandler {
             finishAsync(status: 422, body: JSON.error(code: "CONFIG_INVALID", message: outcome.message), keepAlive: keepAlive)
             return
         }
-        let changes = outcome.changes.map(JSON.quote).joined(separator: ",")
-        let restart = outcome.restartRequired.map(JSON.quote).joined(separator: ",")
+        let changes = outcome.changes.map(JSONString.quote).joined(separator: ",")
+        let restart = outcome.restartRequired.map(JSONString.quote).joined(separator: ",")
         finishAsync(status: 200, body: "{\"status\":\"reloaded\",\"changes\":[\(changes)],\"restart_required\":[\(restart)]}",
                     keepAlive: keepAlive)
     }

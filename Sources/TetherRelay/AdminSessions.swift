@@ -1,4 +1,5 @@
 #if os(Linux)
+import TetherHTTP
 import TetherAuth
 import TetherIO
 
@@ -41,14 +42,14 @@ struct SessionSummary: Sendable {
     }
 
     func json(detailed: Bool) -> String {
-        var out = "{\"id\":\"\(id)\",\"tier\":\(JSON.quote(tier)),\"state\":\"\(state)\",\"bridges\":\(bridges.count),"
+        var out = "{\"id\":\"\(id)\",\"tier\":\(JSONString.quote(tier)),\"state\":\"\(state)\",\"bridges\":\(bridges.count),"
             + "\"streams\":\(streams),\"requests\":\(requests),\"bytes_up\":\(bytesUp),\"bytes_down\":\(bytesDown),"
             + "\"idle_seconds\":\(JSONNumber.format(idleSeconds)),\"created_at\":\"\(AuditLog.timestamp(createdAt))\""
         if detailed {
             out += ",\"worker\":\(worker),\"bridge_list\":["
             for (i, bridge) in bridges.enumerated() {
                 if i > 0 { out += "," }
-                out += "{\"protocol\":\(JSON.quote(bridge.protocolName)),\"address\":\(JSON.quote(bridge.address)),"
+                out += "{\"protocol\":\(JSONString.quote(bridge.protocolName)),\"address\":\(JSONString.quote(bridge.address)),"
                     + "\"streams\":\(bridge.streams)}"
             }
             out += "]"

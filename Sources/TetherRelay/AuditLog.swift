@@ -1,4 +1,5 @@
 #if os(Linux)
+import TetherHTTP
 import Glibc
 import Synchronization
 
@@ -72,11 +73,11 @@ public final class AuditLog: Sendable {
     /// or integers already rendered by the caller's choice of overload.
     public func record(_ event: String, _ fields: KeyValuePairs<String, AuditValue> = [:]) {
         guard isEnabled else { return }
-        var line = "{\"ts\":\"\(AuditLog.timestamp())\",\"event\":\(JSON.quote(event))"
+        var line = "{\"ts\":\"\(AuditLog.timestamp())\",\"event\":\(JSONString.quote(event))"
         for (key, value) in fields {
-            line += ",\(JSON.quote(key)):"
+            line += ",\(JSONString.quote(key)):"
             switch value {
-            case .string(let s): line += JSON.quote(s)
+            case .string(let s): line += JSONString.quote(s)
             case .int(let n): line += String(n)
             case .double(let d): line += String(d)
             case .bool(let b): line += b ? "true" : "false"

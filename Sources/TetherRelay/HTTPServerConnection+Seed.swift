@@ -21,7 +21,7 @@ extension HTTPServerConnection {
             context.audit.record("proxy_start", ["session": .string("\(session.id)")])
             let body = "{\"success\":true,\"message\":\"proxy running\",\"proxy\":{\"proxyId\":\"\(session.id)\","
                 + "\"status\":\"running\",\"createdAt\":\"\(AuditLog.timestamp(session.createdAt))\","
-                + "\"tier\":\(JSON.quote(session.tierName)),\"bridges\":\(session.bridges.count)}}"
+                + "\"tier\":\(JSONString.quote(session.tierName)),\"bridges\":\(session.bridges.count)}}"
             respondJSON(connection, status: 200, body: body, keepAlive: keepAlive)
         case .proxyStop:
             guard let session = context.sessions.existing(identity.session) else {
@@ -48,15 +48,15 @@ extension HTTPServerConnection {
 
     private func statusDocument(_ identity: Identity) -> String {
         guard let session = context.sessions.existing(identity.session) else {
-            return "{\"status\":\"not-found\",\"userId\":\(JSON.quote(identity.subject)),\"proxyId\":null,"
+            return "{\"status\":\"not-found\",\"userId\":\(JSONString.quote(identity.subject)),\"proxyId\":null,"
                 + "\"createdAt\":null,\"lastActivity\":null}"
         }
         let status = session.state == .active ? "running" : "stopped"
         let idleSeconds = Double(context.loop.nowMilliseconds &- min(session.lastActivity, context.loop.nowMilliseconds)) / 1000
         let lastActivity = AuditLog.timestamp(context.nowSeconds() - idleSeconds)
-        return "{\"status\":\"\(status)\",\"userId\":\(JSON.quote(identity.subject)),\"proxyId\":\"\(session.id)\","
+        return "{\"status\":\"\(status)\",\"userId\":\(JSONString.quote(identity.subject)),\"proxyId\":\"\(session.id)\","
             + "\"createdAt\":\"\(AuditLog.timestamp(session.createdAt))\",\"lastActivity\":\"\(lastActivity)\","
-            + "\"tier\":\(JSON.quote(session.tierName)),\"bridges\":\(session.bridges.count),"
+            + "\"tier\":\(JSONString.quote(session.tierName)),\"bridges\":\(session.bridges.count),"
             + "\"activeStreams\":\(session.activeStreams)}"
     }
 }

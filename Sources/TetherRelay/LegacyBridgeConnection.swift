@@ -133,9 +133,9 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
 
     /// The first message after the upgrade (docs/PROTOCOL.md §10).
     static func greeting(bridgeID: String) -> String {
-        "{\"type\":\"auth\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),"
-            + "\"data\":{\"success\":true,\"bridgeId\":\(JSON.quote(bridgeID))},"
-            + "\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}"
+        "{\"type\":\"auth\",\"id\":\(JSONString.quote(LegacyBridgeConnection.uuid())),"
+            + "\"data\":{\"success\":true,\"bridgeId\":\(JSONString.quote(bridgeID))},"
+            + "\"timestamp\":\(JSONString.quote(LegacyBridgeConnection.timestamp()))}"
     }
 
     func connection(_ connection: Connection, didRead bytes: UnsafeRawBufferPointer) {
@@ -222,7 +222,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         switch message.type {
         case "ping":
             let id = message.id ?? LegacyBridgeConnection.uuid()
-            socket.send(text: "{\"type\":\"pong\",\"id\":\(JSON.quote(id)),\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}")
+            socket.send(text: "{\"type\":\"pong\",\"id\":\(JSONString.quote(id)),\"timestamp\":\(JSONString.quote(LegacyBridgeConnection.timestamp()))}")
         case "pong":
             break
         case "response":
@@ -268,14 +268,14 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
         var headers = "{"
         for (i, key) in order.enumerated() {
             if i > 0 { headers += "," }
-            headers += "\(JSON.quote(key)):\(JSON.quote(merged[key] ?? ""))"
+            headers += "\(JSONString.quote(key)):\(JSONString.quote(merged[key] ?? ""))"
         }
         headers += "}"
         let body = String(decoding: p.body, as: UTF8.self)
-        let message = "{\"type\":\"request\",\"id\":\(JSON.quote(p.uuid)),\"data\":{"
-            + "\"method\":\(JSON.quote(p.head.method)),\"path\":\(JSON.quote(p.head.target)),"
-            + "\"headers\":\(headers),\"body\":\(JSON.quote(body))},"
-            + "\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}"
+        let message = "{\"type\":\"request\",\"id\":\(JSONString.quote(p.uuid)),\"data\":{"
+            + "\"method\":\(JSONString.quote(p.head.method)),\"path\":\(JSONString.quote(p.head.target)),"
+            + "\"headers\":\(headers),\"body\":\(JSONString.quote(body))},"
+            + "\"timestamp\":\(JSONString.quote(LegacyBridgeConnection.timestamp()))}"
         p.body = []
         pending[stream] = p
         socket.send(text: message)
@@ -317,7 +317,7 @@ final class LegacyBridgeConnection: ConnectionHandler, Bridge {
             return
         }
         silentIntervals += 1
-        socket.send(text: "{\"type\":\"ping\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}")
+        socket.send(text: "{\"type\":\"ping\",\"id\":\(JSONString.quote(LegacyBridgeConnection.uuid())),\"timestamp\":\(JSONString.quote(LegacyBridgeConnection.timestamp()))}")
         flush()
         schedulePing()
     }

@@ -1,4 +1,5 @@
 #if os(Linux)
+import TetherHTTP
 import FoundationEssentials
 import TetherIsolation
 import TetherTunnel
@@ -162,7 +163,7 @@ final class ParkedBridgeState {
         switch message.type {
         case "ping":
             let id = message.id ?? LegacyBridgeConnection.uuid()
-            socket.send(text: "{\"type\":\"pong\",\"id\":\(JSON.quote(id)),\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}")
+            socket.send(text: "{\"type\":\"pong\",\"id\":\(JSONString.quote(id)),\"timestamp\":\(JSONString.quote(LegacyBridgeConnection.timestamp()))}")
             return [.pong]
         default:
             // Answers to requests of a container that is gone, pongs: nothing to do.
@@ -189,7 +190,7 @@ final class ParkedBridgeState {
             mux.ping(value)
             kind = .tunnel(mux)
         case .legacy:
-            socket.send(text: "{\"type\":\"ping\",\"id\":\(JSON.quote(LegacyBridgeConnection.uuid())),\"timestamp\":\(JSON.quote(LegacyBridgeConnection.timestamp()))}")
+            socket.send(text: "{\"type\":\"ping\",\"id\":\(JSONString.quote(LegacyBridgeConnection.uuid())),\"timestamp\":\(JSONString.quote(LegacyBridgeConnection.timestamp()))}")
         }
     }
 

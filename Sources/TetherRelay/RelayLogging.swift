@@ -1,4 +1,5 @@
 #if os(Linux)
+import TetherHTTP
 import Glibc
 import Logging
 import Synchronization
@@ -208,7 +209,7 @@ public enum LogLine {
     private static let hex: [Character] = Array("0123456789abcdef")
 
     static func appendJSONString(_ s: String, to out: inout String) {
-        JSON.append(s, to: &out)
+        JSONString.append(s, to: &out)
     }
 
     /// Control characters as escapes, so that one record stays one line.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import TetherHTTP
 
 /// Counters and state shared by the supervisor and every tunnel (tunnels live on different
 /// event loops, hence the lock; it is taken a few times per stream, never per byte).
@@ -76,31 +77,10 @@ final class BridgeStatus: Sendable {
     var json: String { json(snapshot) }
 
     func json(_ s: Snapshot) -> String {
-        return "{\"state\":\"\(s.state.rawValue)\",\"relay\":\(Self.jsonString(relay)),\"tunnels\":\(s.tunnels),"
+        return "{\"state\":\"\(s.state.rawValue)\",\"relay\":\(JSONString.quote(relay)),\"tunnels\":\(s.tunnels),"
             + "\"streamsActive\":\(s.streamsActive),\"streamsServed\":\(s.streamsServed),"
             + "\"streamsFailed\":\(s.streamsFailed),\"streamsCancelled\":\(s.streamsCancelled),"
             + "\"reconnects\":\(s.reconnects),\"pid\":\(ProcessInfo.processInfo.processIdentifier)}\n"
-    }
-
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
     }
 }
 

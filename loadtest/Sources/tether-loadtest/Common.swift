@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import TetherHTTP
 import TetherIO
 
 /// Per-worker counters for the progress line and the final sums. Each has one writer (its
@@ -250,7 +251,7 @@ struct JSONReport {
     mutating func set(_ key: String, _ value: Double) {
         fields.append((key, value.isFinite ? String(value) : "null"))
     }
-    mutating func set(_ key: String, _ value: String) { fields.append((key, JSONReport.quote(value))) }
+    mutating func set(_ key: String, _ value: String) { fields.append((key, JSONString.quote(value))) }
     mutating func set(_ key: String, _ object: JSONReport) { fields.append((key, object.compact)) }
     mutating func setNull(_ key: String) { fields.append((key, "null")) }
 
@@ -261,28 +262,7 @@ struct JSONReport {
         set(key, o)
     }
 
-    static func quote(_ value: String) -> String {
-        var out = "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
-
-    var compact: String { "{" + fields.map { "\(JSONReport.quote($0.0)):\($0.1)" }.joined(separator: ",") + "}" }
+    var compact: String { "{" + fields.map { "\(JSONString.quote($0.0)):\($0.1)" }.joined(separator: ",") + "}" }
     var text: String { compact + "\n" }
 }
 
