@@ -42,33 +42,9 @@ cleanup() {
 trap cleanup EXIT
 
 # -- origin ------------------------------------------------------------------------------------
-mkdir -p "$WORK/www" "$WORK/nginx"
-head -c 1024 /dev/urandom > "$WORK/www/1k"
+start_nginx "$WORK"
 head -c 65536 /dev/urandom > "$WORK/www/64k"
-truncate -s 1G "$WORK/www/1g"
-chmod -R a+rX "$WORK"
-NGINX_PORT=$(free_port)
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    sendfile on;
-    keepalive_requests 1000000;
-    client_body_temp_path $WORK/nginx/body;
-    proxy_temp_path $WORK/nginx/proxy;
-    fastcgi_temp_path $WORK/nginx/fastcgi;
-    uwsgi_temp_path $WORK/nginx/uwsgi;
-    scgi_temp_path $WORK/nginx/scgi;
-    server { listen 127.0.0.1:$NGINX_PORT; root $WORK/www; }
-}
-CONF
-/usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
-PIDS+=($!)
-for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$NGINX_PORT/1k" && break; sleep 0.05; done
+chmod a+r "$WORK/www/64k"
 
 # -- engine and image --------------------------------------------------------------------------
 export DOCKER_HOST="unix://$WORK/docker.sock"
