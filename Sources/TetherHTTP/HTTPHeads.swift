@@ -31,6 +31,17 @@ public struct HTTPRequestHead: Sendable, Equatable {
         keepAlive(version: version, headers: headers)
     }
 
+    /// "Transfer-Encoding: chunked": the body is framed in chunks.
+    public var isChunked: Bool {
+        headers.containsToken("chunked", in: "transfer-encoding")
+    }
+
+    /// A body follows the head: chunked, or a Content-Length above 0 (RFC 9112 6.3: neither
+    /// means none).
+    public var hasBody: Bool {
+        isChunked || (headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
+    }
+
     /// "Expect: 100-continue" on an HTTP/1.1+ request (RFC 9110 10.1.1: ignored for 1.0).
     public var expectsContinue: Bool {
         version >= .http1_1 && headers.containsToken("100-continue", in: "Expect")

@@ -10,16 +10,11 @@ import TetherTunnel
 /// container runs. Until then it waits (reading paused); if the container cannot run, the
 /// caller gets 503 ISOLATION_UNAVAILABLE with the reason.
 extension HTTPServerConnection {
-    func startIsolatedProxy(_ head: HTTPRequestHead, _ identity: Identity, _ session: Session, _ connection: Connection) {
+    func startIsolatedProxy(_ head: HTTPRequestHead, _ session: Session, _ connection: Connection) {
         let keepAlive = head.isKeepAlive
-        let now = context.loop.nowMilliseconds
-        if identity.tier != session.tierClaim {
-            session.updateTier(identity.tier, tiers: context.shared.tiers.withLock { $0 }, now: now)
-        }
-        context.activate(session, now: now, cause: "request")
         switch context.isolationReadiness(session) {
-        case .ready(let socketPath):
-            attachIsolated(head, session, socketPath, connection)
+        case .ready:
+            attachIsolated(head, session, connection)
         case .unavailable(let failure, let retryAfter):
             refuseIsolated(head, failure, retryAfter: retryAfter, connection)
         case .wait:
@@ -38,9 +33,9 @@ extension HTTPServerConnection {
                 guard let self, let connection = self.connection, connection.isOpen else { return }
                 connection.resumeReading()
                 switch outcome {
-                case .success(let socketPath):
+                case .success:
                     if let session, self.context.sessions.existing(session.id) === session {
-                        self.attachIsolated(head, session, socketPath, connection)
+                        self.attachIsolated(head, session, connection)
                     } else {
                         self.refuseIsolated(head, IsolationFailure(.containerDied, "the session was removed"), retryAfter: 1, connection)
                     }
@@ -54,8 +49,7 @@ extension HTTPServerConnection {
 
     private func retryAfter(_ session: Session?) -> Int {
         guard let iso = session?.isolation, case .failed(_, let retryAt) = iso.container else { return 1 }
-        let now = context.loop.nowMilliseconds
-        return max(1, Int(((retryAt > now ? retryAt - now : 0) + 999) / 1000))
+        return SessionIsolation.retryAfterSeconds(until: retryAt, now: context.loop.nowMilliseconds)
     }
 
     private func refuseIsolated(_ head: HTTPRequestHead, _ failure: IsolationFailure, retryAfter: Int, _ connection: Connection) {
@@ -68,11 +62,10 @@ extension HTTPServerConnection {
     }
 
     /// The worker runs: the request goes to it over a fresh unix connection.
-    private func attachIsolated(_ head: HTTPRequestHead, _ session: Session, _ socketPath: String, _ connection: Connection) {
+    private func attachIsolated(_ head: HTTPRequestHead, _ session: Session, _ connection: Connection) {
         let keepAlive = head.isKeepAlive
         let started = context.monotonicNanoseconds()
-        let hasBody = head.headers.containsToken("chunked", in: "transfer-encoding")
-            || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
+        let hasBody = head.hasBody
         session.requestCount &+= 1
         decoder.limits.maxBodySize = min(decoder.limits.maxBodySize, session.profile.maxBodyBytes)
         let origin = clientOrigin(head, connection)

@@ -94,15 +94,15 @@ extension HTTPServerConnection: StreamClient {
             phase = .body(.discard(keepAlive: keepAlive))
             return
         }
-        if session.isolation != nil {
-            startIsolatedProxy(head, identity, session, connection)
-            return
-        }
         let now = context.loop.nowMilliseconds
         if identity.tier != session.tierClaim {
             session.updateTier(identity.tier, tiers: context.shared.tiers.withLock { $0 }, now: now)
         }
         context.activate(session, now: now, cause: "request")
+        if session.isolation != nil {
+            startIsolatedProxy(head, session, connection)
+            return
+        }
         if let refusal = admit(head, session, now: now) {
             context.recordQuotaRejection(refusal.quota, session: session.id, peer: clientOrigin(head, connection).address)
             // An oversized body is not read: the connection closes after the answer.
@@ -129,8 +129,7 @@ extension HTTPServerConnection: StreamClient {
         decoder.limits.maxBodySize = min(decoder.limits.maxBodySize, session.profile.maxBodyBytes)
         let origin = clientOrigin(head, connection)
         let tunnelHead = HTTPServerConnection.tunnelHead(for: head, remote: origin.address, tls: origin.tls)
-        let hasBody = head.headers.containsToken("chunked", in: "transfer-encoding")
-            || (head.headers.first(name: "content-length").flatMap { Int($0) } ?? 0) > 0
+        let hasBody = head.hasBody
         guard let stream = bridge.openStream(tunnelHead, endStream: !hasBody, client: self) else {
             context.stats.streamsFailed.addFromOwner()
             respond(connection, status: 503, code: "TUNNEL_NOT_AVAILABLE",
@@ -196,25 +195,33 @@ extension HTTPServerConnection: StreamClient {
     /// fields and the caller's credentials dropped, forwarding fields added.
     static func tunnelHead(for head: HTTPRequestHead, remote: SocketAddress?, tls: Bool) -> TunnelRequestHead {
         let target = stripServicePrefix(TokenExtractor.removingToken(fromTarget: head.target)) ?? "/"
-        var connectionTokens: Set<String> = []
+        var headers = endToEndHeaders(of: head)
+        if let remote { headers.add(name: "X-Forwarded-For", value: remote.host) }
+        headers.add(name: "X-Forwarded-Proto", value: tls ? "https" : "http")
+        return TunnelRequestHead(method: head.method, target: target, headers: headers)
+    }
+
+    /// The caller's fields that go on towards the service: hop-by-hop fields (and those the
+    /// Connection field names), credentials, Expect and forwarding fields dropped. Room is kept
+    /// for the two fields each caller adds.
+    static func endToEndHeaders(of head: HTTPRequestHead) -> HTTPHeaders {
+        var nominated: Set<String> = []
         for value in head.headers["connection"] {
             for token in value.split(separator: ",") {
-                connectionTokens.insert(String(token.filter { $0 != " " && $0 != "\t" }).lowercased())
+                nominated.insert(String(token.filter { $0 != " " && $0 != "\t" }).lowercased())
             }
         }
         var headers = HTTPHeaders()
         headers.reserveCapacity(head.headers.count + 2)
         for (name, value) in head.headers {
             let lower = name.lowercased()
-            if hopByHop.contains(lower) || connectionTokens.contains(lower) || lower == "authorization"
+            if hopByHop.contains(lower) || nominated.contains(lower) || lower == "authorization"
                 || lower == "expect" || lower == "x-forwarded-for" || lower == "x-forwarded-proto" {
                 continue
             }
             headers.add(name: name, value: value)
         }
-        if let remote { headers.add(name: "X-Forwarded-For", value: remote.host) }
-        headers.add(name: "X-Forwarded-Proto", value: tls ? "https" : "http")
-        return TunnelRequestHead(method: head.method, target: target, headers: headers)
+        return headers
     }
 
     // MARK: request body (client → bridge)

@@ -48,10 +48,12 @@ final class SessionIsolation {
     }
 
     let socketPath: String
+    /// Where each client exchange connects (worked out once, not per request).
+    let workerAddress: SocketAddress?
     var container = Container.none
     var generation: UInt64 = 0
     /// Client requests waiting for the worker (bounded by the session's stream quota).
-    var waiters: [(Result<String, IsolationFailure>) -> Void] = []
+    var waiters: [(Result<Void, IsolationFailure>) -> Void] = []
     /// Client exchanges attached to the worker now (they count as the session's streams).
     var exchanges = 0
     var consecutiveFailures = 0
@@ -69,6 +71,12 @@ final class SessionIsolation {
 
     init(socketPath: String) {
         self.socketPath = socketPath
+        workerAddress = SocketAddress(unixPath: socketPath)
+    }
+
+    /// Whole seconds (at least 1) until `retryAt`, for Retry-After.
+    static func retryAfterSeconds(until retryAt: UInt64, now: UInt64) -> Int {
+        max(1, Int(((retryAt > now ? retryAt - now : 0) + 999) / 1000))
     }
 
     var control: ControlLink? {
@@ -86,7 +94,7 @@ final class SessionIsolation {
 
 /// The answer to "can this request go to the worker now?".
 enum IsolationReadiness {
-    case ready(socketPath: String)
+    case ready
     case wait
     case unavailable(IsolationFailure, retryAfterSeconds: Int)
 }
@@ -111,10 +119,9 @@ extension RelayContext {
             // find none there.
             return .wait
         case .running:
-            return .ready(socketPath: iso.socketPath)
+            return .ready
         case .failed(let failure, let retryAt):
-            let wait = retryAt > loop.nowMilliseconds ? retryAt - loop.nowMilliseconds : 0
-            return .unavailable(failure, retryAfterSeconds: max(1, Int((wait + 999) / 1000)))
+            return .unavailable(failure, retryAfterSeconds: SessionIsolation.retryAfterSeconds(until: retryAt, now: loop.nowMilliseconds))
         case .none, .starting, .attaching, .parking:
             return .wait
         }
@@ -195,7 +202,7 @@ extension RelayContext {
         releaseWaiters(iso, .failure(failure))
     }
 
-    private func releaseWaiters(_ iso: SessionIsolation, _ outcome: Result<String, IsolationFailure>) {
+    private func releaseWaiters(_ iso: SessionIsolation, _ outcome: Result<Void, IsolationFailure>) {
         let waiting = iso.waiters
         iso.waiters = []
         for waiter in waiting { waiter(outcome) }
@@ -244,7 +251,7 @@ extension RelayContext {
                 guard let self, let iso else { return }
                 iso.attachTimer = nil
                 iso.pendingAttach = []
-                if case .running = iso.container { self.releaseWaiters(iso, .success(iso.socketPath)) }
+                if case .running = iso.container { self.releaseWaiters(iso, .success(())) }
             }
         }
     }
@@ -272,7 +279,7 @@ extension RelayContext {
         case .attaching(let link) where iso.pendingAttach.isEmpty:
             becomeRunning(session, iso, link)
         case .running where !iso.waiters.isEmpty && (iso.pendingAttach.isEmpty || hasBridgeWithWorker(session)):
-            releaseWaiters(iso, .success(iso.socketPath))
+            releaseWaiters(iso, .success(()))
         default:
             break
         }
@@ -287,7 +294,7 @@ extension RelayContext {
         isolation?.counters.observeColdStart(nanoseconds: monotonicNanoseconds() &- iso.neededSinceNanos)
         audit.record("isolation_started", ["session": .string("\(session.id)"), "bridges": .int(session.bridges.count),
                                            "ms": .int(Int((monotonicNanoseconds() &- iso.neededSinceNanos) / 1_000_000))])
-        releaseWaiters(iso, .success(iso.socketPath))
+        releaseWaiters(iso, .success(()))
         // Stopped (proxy stop, idle) while it was starting, and nobody waits: park it again.
         if session.state == .parked && iso.exchanges == 0 { parkContainer(session) }
     }

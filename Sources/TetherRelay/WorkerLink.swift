@@ -20,8 +20,9 @@ final class WorkerLink: ConnectionHandler, Bridge {
     private let chunked: Bool
     /// Responses are as large as the bridge makes them (no total limit, as through a tunnel);
     /// heads are bounded by what a tunnel carries (MAX_HEAD_SIZE), not by the request limits.
-    private var decoder = HTTPResponseDecoder(limits: HTTPLimits(maxRequestLineLength: 8192, maxHeaderBytes: 1 << 20,
-                                                                 maxHeaderCount: 10_000, maxBodySize: Int.max))
+    private var decoder = HTTPResponseDecoder(limits: WorkerLink.responseLimits)
+    private static let responseLimits = HTTPLimits(maxRequestLineLength: 8192, maxHeaderBytes: 1 << 20,
+                                                   maxHeaderCount: 10_000, maxBodySize: Int.max)
     private var opened = false
     private var requestEnded: Bool
     private var endQueued = false
@@ -51,27 +52,12 @@ final class WorkerLink: ConnectionHandler, Bridge {
     /// The request as the worker sees it: the caller's credentials and hop-by-hop fields
     /// removed (the worker adds X-Forwarded-* from the preamble), one exchange per connection.
     static func workerHead(for head: HTTPRequestHead, hasBody: Bool) -> (HTTPRequestHead, chunked: Bool) {
-        var nominated: Set<String> = []
-        for value in head.headers["connection"] {
-            for token in value.split(separator: ",") {
-                nominated.insert(String(token.filter { $0 != " " && $0 != "\t" }).lowercased())
-            }
+        let chunked = hasBody && head.isChunked
+        var headers = HTTPServerConnection.endToEndHeaders(of: head)
+        if chunked {
+            headers.remove(name: "content-length")
+            headers.add(name: "Transfer-Encoding", value: "chunked")
         }
-        let chunked = hasBody && head.headers.containsToken("chunked", in: "transfer-encoding")
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(head.headers.count + 2)
-        for (name, value) in head.headers {
-            let lower = name.lowercased()
-            if lower == "authorization" || lower == "connection" || lower == "keep-alive" || lower == "te"
-                || lower == "trailer" || lower == "upgrade" || lower == "expect" || lower == "transfer-encoding"
-                || lower.hasPrefix("proxy-") || lower == "x-forwarded-for" || lower == "x-forwarded-proto"
-                || nominated.contains(lower) {
-                continue
-            }
-            if chunked && lower == "content-length" { continue }
-            headers.add(name: name, value: value)
-        }
-        if chunked { headers.add(name: "Transfer-Encoding", value: "chunked") }
         headers.add(name: "Connection", value: "close")
         let target = TokenExtractor.removingToken(fromTarget: head.target)
         return (HTTPRequestHead(method: head.method, target: target, version: .http1_1, headers: headers), chunked)
@@ -85,7 +71,7 @@ final class WorkerLink: ConnectionHandler, Bridge {
     var remoteAddress: SocketAddress? { nil }
 
     func openStream(_ head: TunnelRequestHead, endStream: Bool, client: StreamClient) -> StreamID? {
-        guard let address = SocketAddress(unixPath: session.isolation?.socketPath ?? ""), connection == nil, !finished else {
+        guard let address = session.isolation?.workerAddress, connection == nil, !finished else {
             return nil
         }
         self.client = client
