@@ -16,7 +16,7 @@ struct ProcessMetrics {
         var m = ProcessMetrics()
         let ticks = Double(max(1, sysconf(Int32(_SC_CLK_TCK))))
         let pageSize = UInt64(max(1, sysconf(Int32(_SC_PAGESIZE))))
-        if let stat = readFile("/proc/self/stat"), let close = stat.lastIndex(of: UInt8(ascii: ")")) {
+        if let stat = readSmallFile("/proc/self/stat", maxBytes: 1 << 16), let close = stat.lastIndex(of: UInt8(ascii: ")")) {
             // Fields after "pid (comm)": state is field 3, so index i here is field i + 3.
             let fields = stat[stat.index(after: close)...].split(separator: UInt8(ascii: " "))
             func field(_ n: Int) -> UInt64 {
@@ -41,7 +41,7 @@ struct ProcessMetrics {
     }
 
     private static func bootTimeSeconds() -> Double? {
-        guard let stat = readFile("/proc/stat") else { return nil }
+        guard let stat = readSmallFile("/proc/stat", maxBytes: 1 << 20) else { return nil }
         for line in stat.split(separator: UInt8(ascii: "\n")) where line.starts(with: Array("btime ".utf8)) {
             return Double(String(decoding: line.dropFirst(6), as: UTF8.self).trimmingSpaces)
         }
@@ -57,19 +57,24 @@ struct ProcessMetrics {
         }
         return max(0, count - 1)  // the directory's own descriptor
     }
+}
 
-    private static func readFile(_ path: String) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            out.append(contentsOf: buffer[0..<n])
+/// A whole small file (procfs, a seccomp profile); nil if it cannot be read or is larger.
+func readSmallFile(_ path: String, maxBytes: Int) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        if n == 0 { return out }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return nil
         }
-        return out
+        guard out.count + n <= maxBytes else { return nil }
+        out.append(contentsOf: buffer[0..<n])
     }
 }
 

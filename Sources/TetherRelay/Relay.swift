@@ -92,26 +92,13 @@ public final class Relay: Sendable {
         guard settings.isDocker else { return nil }
         var seccomp: String?
         if let file = settings.seccompProfileFile {
-            guard let text = readSmallFile(file) else {
+            guard let bytes = readSmallFile(file, maxBytes: 4 << 20) else {
                 throw RelayError.invalidConfiguration("isolation.seccomp_profile", "cannot read \(file)")
             }
-            seccomp = text
+            seccomp = String(decoding: bytes, as: UTF8.self)
         }
         return IsolationRuntime(settings: settings, instance: settings.instance ?? IsolationRuntime.hostName(),
                                 seccompProfile: seccomp)
-    }
-
-    private static func readSmallFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while out.count < 4 << 20 {
-            let n = read(fd, &buffer, buffer.count)
-            if n > 0 { out += buffer[0..<n] } else if n == 0 { return String(decoding: out, as: UTF8.self) } else if errno != EINTR { return nil }
-        }
-        return nil
     }
 
     /// Docker isolation: removes containers an earlier run of this relay left (it was killed),

@@ -26,35 +26,28 @@ final class TunnelConnection: ConnectionHandler, Bridge {
     private var closeKind: BridgeDisconnectReason?
     /// A stream's body was refused because our socket to the bridge was full.
     private var sendersBlocked = false
-    /// In a session worker: the relay's id for this bridge, and whether it arrived resumed
-    /// (HELLOs exchanged long ago, its state in `mux`).
+    /// In a session worker: the relay's id for this bridge, which arrived resumed (HELLOs
+    /// exchanged long ago, its state in `mux`).
     let attachID: UInt64?
-    private let resumed: Bool
+    private var resumed: Bool { attachID != nil }
 
-    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String) {
+    /// `attachID` and `snapshot` together: a session worker's bridge, handed over by the relay
+    /// with its tunnel's state.
+    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String, attachID: UInt64? = nil,
+         resuming snapshot: TunnelSnapshot? = nil) {
         self.context = context
         self.session = session
         self.peer = peer
         self.protocolName = protocolName
         self.socket = WebSocketConnection(role: .server, maxMessageSize: max(context.configuration.webSocketMaxMessage,
                                                                              context.configuration.tunnel.maxMessageSize))
-        self.mux = TunnelMultiplexer(role: .relay, settings: context.tunnelSettings(for: session.profile), agent: "tether-relay")
-        self.attachID = nil
-        self.resumed = false
-    }
-
-    /// A session worker's bridge, handed over by the relay with its tunnel's state.
-    init(context: RelayContext, session: Session, peer: SocketAddress?, protocolName: String, attachID: UInt64,
-         resuming snapshot: TunnelSnapshot) {
-        self.context = context
-        self.session = session
-        self.peer = peer
-        self.protocolName = protocolName
-        self.socket = WebSocketConnection(role: .server, maxMessageSize: max(context.configuration.webSocketMaxMessage,
-                                                                             context.configuration.tunnel.maxMessageSize))
-        self.mux = TunnelMultiplexer(role: .relay, restoring: snapshot)
-        self.attachID = attachID
-        self.resumed = true
+        if let attachID, let snapshot {
+            self.mux = TunnelMultiplexer(role: .relay, restoring: snapshot)
+            self.attachID = attachID
+        } else {
+            self.mux = TunnelMultiplexer(role: .relay, settings: context.tunnelSettings(for: session.profile), agent: "tether-relay")
+            self.attachID = nil
+        }
     }
 
     // MARK: Bridge
